@@ -1,0 +1,98 @@
+"""The face region, defined once from the 68 iBUG landmarks (SPEC §2, §6).
+
+The same polygon paints a face model's mask (which vertices are drawn) and masks a real
+photo's crop, so renders and real crops cover the same part of the face:
+
+* the outline runs along the jaw (landmarks 0 → 16) and back along the brows
+  (26 → 17), so the forehead above the brows is excluded;
+* the mouth interior (inner-lip polygon 60 → 67) is not part of the face.
+
+Convention:
+    Landmarks are 0-based iBUG / Multi-PIE 68-point indices; 2D points are (x, y).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "FACE_OUTLINE",
+    "MOUTH_INTERIOR",
+    "face_region_mask",
+    "points_in_polygon",
+    "polygon_mask",
+]
+
+#: Landmark indices of the face outline polygon: jaw left-to-right, then brows right-to-left.
+FACE_OUTLINE: tuple[int, ...] = tuple(range(0, 17)) + tuple(range(26, 16, -1))
+#: Landmark indices of the inner-lip polygon (the mouth interior).
+MOUTH_INTERIOR: tuple[int, ...] = tuple(range(60, 68))
+
+
+def points_in_polygon(points: Tensor, polygon: Tensor) -> Tensor:
+    """Even-odd point-in-polygon test (crossing number), batched.
+
+    Written by hand because it must give identical answers for model vertices and pixel
+    centres on every device, with no OpenCV/matplotlib round trip.
+
+    Args:
+        points: ``(*, N, 2)`` query points.
+        polygon: ``(*, P, 2)`` closed polygon vertices (the last connects to the first).
+
+    Returns:
+        ``(*, N)`` bool, True strictly inside.
+
+    Example:
+        >>> square = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+        >>> points_in_polygon(torch.tensor([[0.5, 0.5], [1.5, 0.5]]), square)
+        tensor([ True, False])
+    """
+    if points.shape[-1] != 2 or polygon.shape[-1] != 2 or polygon.shape[-2] < 3:
+        raise ValueError(
+            f"points must be (*, N, 2) and polygon (*, P>=3, 2), got {tuple(points.shape)} and {tuple(polygon.shape)}"
+        )
+    a = polygon.unsqueeze(-3)  # (*, 1, P, 2)
+    b = torch.roll(polygon, shifts=-1, dims=-2).unsqueeze(-3)
+    p = points.unsqueeze(-2)  # (*, N, 1, 2)
+    ay, by, py = a[..., 1], b[..., 1], p[..., 1]
+    straddles = (ay > py) != (by > py)
+    dy = torch.where(straddles, by - ay, torch.ones_like(by - ay))
+    x_cross = a[..., 0] + (py - ay) * (b[..., 0] - a[..., 0]) / dy
+    crossings = (straddles & (p[..., 0] < x_cross)).sum(dim=-1)
+    return crossings % 2 == 1
+
+
+def polygon_mask(polygon: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """Rasterize polygons by testing pixel centres.
+
+    Args:
+        polygon: ``(B, P, 2)`` in pixel coordinates.
+        image_size: ``(H, W)``.
+
+    Returns:
+        ``(B, H, W)`` bool.
+    """
+    height, width = image_size
+    ys = torch.arange(height, dtype=polygon.dtype, device=polygon.device) + 0.5
+    xs = torch.arange(width, dtype=polygon.dtype, device=polygon.device) + 0.5
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(1, -1, 2)
+    grid = grid.expand(polygon.shape[0], -1, -1)
+    return points_in_polygon(grid, polygon).reshape(polygon.shape[0], height, width)
+
+
+def face_region_mask(landmarks: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """The face mask of a real crop: inside the outline, outside the mouth interior.
+
+    Args:
+        landmarks: ``(B, 68, 2)`` in crop pixel coordinates.
+        image_size: ``(H, W)`` of the crop.
+
+    Returns:
+        ``(B, 1, H, W)`` float mask in {0, 1}.
+    """
+    if landmarks.ndim != 3 or landmarks.shape[1:] != (68, 2):
+        raise ValueError(f"landmarks must have shape (B, 68, 2), got {tuple(landmarks.shape)}")
+    outline = polygon_mask(landmarks[:, list(FACE_OUTLINE)], image_size)
+    mouth = polygon_mask(landmarks[:, list(MOUTH_INTERIOR)], image_size)
+    return (outline & ~mouth).unsqueeze(1).to(landmarks.dtype)

@@ -1,0 +1,1 @@
+"""Lightning callbacks: breeding (SPEC §5) and visualisation."""

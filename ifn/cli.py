@@ -1,0 +1,87 @@
+"""The ``ifn`` command: LightningCLI (``fit``/``validate``/``test``/``predict``) plus ``facemodel``.
+
+``ifn facemodel convert ict <zip-or-folder> -o <file>.npz`` imports ICT-FaceKit;
+``ifn facemodel info <file-or-name>`` prints a face model's summary as JSON.
+Everything else is handed to LightningCLI (see :mod:`ifn.lightning_cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _facemodel_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ifn facemodel", description="Import and inspect face models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser("convert", help="convert an upstream face model to the native .npz format")
+    convert.add_argument("kind", choices=["ict"], help="upstream format (ict: ICT-FaceKit)")
+    convert.add_argument("source", help="GitHub download zip or FaceXModel folder")
+    convert.add_argument("-o", "--output", required=True, help="output .npz file")
+    convert.add_argument(
+        "--expression-variance", type=float, default=0.99, help="fraction of blendshape variance kept by PCA"
+    )
+    convert.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    info = commands.add_parser("info", help="print a face model's summary as JSON")
+    info.add_argument("model", help="'procedural' or a .npz file")
+    args = parser.parse_args(list(argv))
+
+    if args.command == "convert":
+        from ifn.render.ict import convert_ict
+
+        try:
+            model = convert_ict(args.source, progress=not args.no_progress, expression_variance=args.expression_variance)
+        except (FileNotFoundError, ValueError) as err:
+            parser.exit(2, f"ifn facemodel convert: error: {err}\n")
+        path = model.save(args.output)
+        print(json.dumps({"written": str(path), **_summary(model)}))
+        return 0
+
+    from ifn.render.face_model import load_face_model
+
+    try:
+        model = load_face_model(args.model)
+    except (FileNotFoundError, ValueError) as err:
+        parser.exit(2, f"ifn facemodel info: error: {err}\n")
+    print(json.dumps(_summary(model), indent=2))
+    return 0
+
+
+def _summary(model) -> dict:  # noqa: ANN001
+    face = model.mean_shape[model.face_mask]
+    extent = (face.amax(0) - face.amin(0)).tolist()
+    meta = model.metadata
+    return {
+        "name": meta.name,
+        "vertices": model.n_vertices,
+        "face_triangles": int(model.face_triangles.shape[0]),
+        "shape_modes": model.n_shape,
+        "expression_modes": model.n_expression,
+        "reflectance_modes": model.n_reflectance,
+        "landmarks": int(model.landmark_indices.shape[0]),
+        "face_width_mm": round(extent[0], 2),
+        "face_height_mm": round(extent[1], 2),
+        "reflectance": meta.reflectance,
+        "license": meta.license,
+        "expression_prior": {"low": meta.expression_prior.low, "high": meta.expression_prior.high,
+                             "first_bias": meta.expression_prior.first_bias},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ifn`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "facemodel":
+        return _facemodel_main(argv[1:])
+    from ifn.lightning_cli import run_lightning_cli
+
+    run_lightning_cli(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

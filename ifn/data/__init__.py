@@ -1,0 +1,1 @@
+"""Priors, the synthetic DataModule, real-face corpora and landmarks (SPEC §3, §6)."""

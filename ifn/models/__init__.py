@@ -1,0 +1,1 @@
+"""The InverseFaceNet LightningModule, losses and metrics (SPEC §4, §7)."""

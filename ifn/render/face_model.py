@@ -34,6 +34,7 @@ key                    dtype      shape
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import tempfile
@@ -45,11 +46,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ExpressionPrior", "FaceModel", "FaceModelMetadata", "load_face_model"]
+__all__ = ["PAPER_SIZES", "ExpressionPrior", "FaceModel", "FaceModelMetadata", "build_face_model", "load_face_model"]
 
 FORMAT_NAME = "ifn-face-model"
 FORMAT_VERSION = 1
 NUM_LANDMARKS = 68
+#: The paper's mode counts (θs, θe, θr), used where a face model has that many.
+PAPER_SIZES = {"shape": 128, "expression": 64, "reflectance": 128}
 _ARRAY_KEYS = (
     "mean_shape",
     "shape_basis",
@@ -366,6 +369,31 @@ def load_face_model(spec: str | os.PathLike[str]) -> FaceModel:
             "convert ICT-FaceKit with `ifn facemodel convert ict <zip> -o <file>.npz`"
         )
     return FaceModel.load(path)
+
+
+@functools.lru_cache(maxsize=8)
+def build_face_model(
+    spec: str, n_shape: int | None = None, n_expression: int | None = None, n_reflectance: int | None = None
+) -> FaceModel:
+    """Load a face model and keep the requested number of modes per group.
+
+    ``None`` means the paper's size (128 / 64 / 128) or all the model has, if fewer.
+    Results are cached, so a DataModule and a LightningModule configured with the same
+    arguments share one instance (one copy of the bases in memory, one ``.to(device)``).
+
+    Args:
+        spec: ``"procedural"`` or a native ``.npz`` file.
+        n_shape: θs size.
+        n_expression: θe size.
+        n_reflectance: θr size.
+    """
+    model = load_face_model(spec)
+    wanted = {"shape": n_shape, "expression": n_expression, "reflectance": n_reflectance}
+    have = {"shape": model.n_shape, "expression": model.n_expression, "reflectance": model.n_reflectance}
+    keep = {g: min(PAPER_SIZES[g], have[g]) if wanted[g] is None else wanted[g] for g in wanted}
+    if keep == have:
+        return model
+    return model.truncate(n_shape=keep["shape"], n_expression=keep["expression"], n_reflectance=keep["reflectance"])
 
 
 def _check_coefficients(group: str, coeffs: Tensor, expected: int) -> None:

@@ -1,0 +1,59 @@
+"""Write every final ``test/…`` metric to ``test_metrics.json`` in the run's log directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+__all__ = ["TestMetricsWriter", "write_json_atomic"]
+
+
+def write_json_atomic(path: Path, payload: Any) -> Path:
+    """Write JSON through a temporary file renamed into place (never a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class TestMetricsWriter(L.Callback):
+    """After ``trainer.test``, dump the logged ``test/`` metrics as one flat JSON object.
+
+    Args:
+        filename: file name inside ``trainer.log_dir`` (or ``default_root_dir``).
+
+    Attributes:
+        path: where the last file was written (``None`` before a test ran).
+    """
+
+    __test__ = False  # not a pytest test class despite its name
+
+    def __init__(self, filename: str = "test_metrics.json") -> None:
+        self.filename = filename
+        self.path: Path | None = None
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics: dict[str, float] = {}
+        for key, value in sorted(trainer.callback_metrics.items()):
+            if not key.startswith("test/"):
+                continue
+            number = value.item() if isinstance(value, torch.Tensor) else float(value)
+            metrics[key] = number if math.isfinite(number) else None
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        self.path = log_dir / self.filename
+        if trainer.is_global_zero:
+            write_json_atomic(self.path, metrics)

@@ -1,0 +1,65 @@
+"""LightningCLI for ``ifn fit|validate|test|predict`` (omegaconf interpolation enabled).
+
+The data config is the single source of truth for the face model and render settings;
+they are linked into the model so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from ifn.callbacks.test_metrics import TestMetricsWriter
+from ifn.data.synthetic import SyntheticFaceDataModule
+from ifn.models.inverse_face_net import InverseFaceNet
+
+__all__ = ["IFNLightningCLI", "run_lightning_cli"]
+
+#: DataModule arguments copied into the model.
+LINKED_ARGUMENTS: tuple[str, ...] = (
+    "face_model",
+    "n_shape",
+    "n_expression",
+    "n_reflectance",
+    "image_size",
+    "camera_distance",
+    "backend",
+)
+
+
+class IFNLightningCLI(LightningCLI):
+    """LightningCLI with the data → model links and the test-metrics file."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for key in LINKED_ARGUMENTS:
+            parser.link_arguments(f"data.{key}", f"model.{key}")
+        parser.add_lightning_class_args(TestMetricsWriter, "test_metrics")
+
+    def instantiate_trainer(self, **kwargs):  # noqa: ANN003, ANN201
+        trainer = super().instantiate_trainer(**kwargs)
+        # Lightning's default logger is TensorBoard; keep a CSV copy of the metrics beside it
+        # (same version folder) so runs can be read without TensorBoard.
+        loggers = trainer.loggers
+        if len(loggers) == 1 and type(loggers[0]) is TensorBoardLogger and loggers[0].name == "lightning_logs":
+            tensorboard = loggers[0]
+            trainer.loggers = [tensorboard, CSVLogger(tensorboard.save_dir, name=tensorboard.name, version=tensorboard.version)]
+        return trainer
+
+    def after_test(self) -> None:
+        writer = next((cb for cb in self.trainer.callbacks if isinstance(cb, TestMetricsWriter)), None)
+        if writer is not None and writer.path is not None and self.trainer.is_global_zero:
+            print(writer.path)
+
+
+def run_lightning_cli(args: Sequence[str] | None = None) -> IFNLightningCLI:
+    """Run the CLI on ``args`` (``None``: ``sys.argv``)."""
+    return IFNLightningCLI(
+        InverseFaceNet,
+        SyntheticFaceDataModule,
+        args=None if args is None else list(args),
+        parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )

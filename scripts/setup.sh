@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install ifn with everything it needs, in ONE pip call
+# (SPEC §8: later separate installs can break the mediapipe/protobuf/numpy pins).
+# Usage: bash scripts/setup.sh [extra pip args...]   e.g. IFN_EXTRAS=dev,gpu bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" -e ".[${IFN_EXTRAS:-dev}]" "$@"
+python -c "import ifn, torch; print(f'ifn {ifn.__version__} with torch {torch.__version__} ready in .venv')"

@@ -1,0 +1,347 @@
+"""A corpus of real, unlabelled face photographs as masked 240×240 crops (SPEC §5, §6).
+
+:class:`RealFaceCorpus` walks a folder tree once, detects the faces of every image (cached
+on disk by :func:`ifn.data.real_faces.preprocess_file`, so later constructions do not run
+the detector), and serves one item per face. Nothing in the folder stops it: unreadable,
+truncated or mislabelled files and images without a (large enough) face are skipped,
+counted with their reason and listed by :meth:`RealFaceCorpus.write_report`.
+
+It feeds the breeding step (infer θ for every real face) and real-image evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from ifn.data.landmarks import Face, LandmarkDetector, make_detector
+from ifn.data.real_faces import ImageReadError, default_cache_dir, load_crop, preprocess_file
+
+__all__ = ["IMAGE_EXTENSIONS", "RealFaceCorpus", "list_images", "split_files"]
+
+#: File extensions taken as images (case-insensitive); the content decides how to decode.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(root: str | os.PathLike[str], extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files under ``root``, recursively, in sorted (deterministic) order.
+
+    Args:
+        root: a folder.
+        extensions: accepted suffixes, compared case-insensitively.
+
+    Raises:
+        NotADirectoryError: ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a folder")
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+    return sorted(
+        (p for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file()),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+
+
+def split_files(
+    files: Sequence[str | os.PathLike[str]], fraction: float, seed: int = 0
+) -> tuple[list[Path], list[Path]]:
+    """Split files (not faces: all faces of a photo stay together) into two sorted lists.
+
+    Args:
+        files: the files.
+        fraction: share of the first list, in ``[0, 1]``.
+        seed: shuffling seed (the split is a function of the sorted files and the seed).
+
+    Returns:
+        ``(first, second)`` with ``round(fraction · len(files))`` files in ``first``.
+
+    Example:
+        >>> a, b = split_files([f"{i}.jpg" for i in range(10)], 0.8, seed=1)
+        >>> len(a), len(b), sorted(a + b) == sorted(Path(f"{i}.jpg") for i in range(10))
+        (8, 2, True)
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    ordered = sorted({Path(f) for f in files}, key=lambda p: p.as_posix())
+    rng = random.Random(seed)
+    shuffled = ordered[:]
+    rng.shuffle(shuffled)
+    n_first = round(fraction * len(shuffled))
+    first = set(shuffled[:n_first])
+    return [p for p in ordered if p in first], [p for p in ordered if p not in first]
+
+
+@dataclass(frozen=True)
+class _FileRecord:
+    """What happened to one file."""
+
+    path: Path
+    reason: str | None = None  # why no face was kept (None when some were)
+    kind: str | None = None  # "unreadable" | "no_face" | "too_small" | "error"
+    cache_file: Path | None = None
+    faces: tuple[int, ...] = ()  # kept face indices (into the cached faces)
+    detected: int = 0
+    dropped_small: int = 0
+    dropped_extra: int = 0
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class _Item:
+    path: Path
+    cache_file: Path
+    face_index: int
+
+
+class RealFaceCorpus(Dataset):
+    """Masked face crops of every face in a folder tree, one item per face.
+
+    Args:
+        root: folder scanned recursively for :data:`IMAGE_EXTENSIONS` (any case). May be
+            ``None`` when ``files`` is given.
+        detector: ``"mediapipe"`` (default, offline), ``"annotation"``, ``"face_alignment"``,
+            or a :class:`~ifn.data.landmarks.LandmarkDetector`. The corpus applies
+            ``largest_only`` / ``min_face_size`` itself, so a detector instance's own
+            filters are ignored (its raw detections are cached).
+        cache_dir: cache folder; default ``$IFN_CACHE_DIR`` or ``~/.cache/ifn/real_faces``.
+        image_size: crop side (the network input, 240 in the paper).
+        largest_only: one face per image, the largest.
+        min_face_size: drop faces whose landmark box is smaller (longer side, pixels).
+        progress: show a tqdm progress bar while scanning.
+        files: an explicit list of image files (e.g. a split); they need not be under ``root``.
+        margin: framing margin in crop pixels (0 = the paper's rule).
+        detector_options: constructor options for a detector given by name.
+
+    Items:
+        ``{"image": (3, S, S) float32 in [0, 1] (0 outside the mask), "mask": (1, S, S)
+        float32, "landmarks": (68, 2) float32 crop pixels, "path": str, "face_index": int}``.
+        ``face_index`` numbers the faces of one photo, largest first.
+
+    Example:
+        >>> corpus = RealFaceCorpus("photos/", min_face_size=40)  # doctest: +SKIP
+        >>> train, held_out = corpus.split(0.9, seed=0)  # doctest: +SKIP
+        >>> corpus.write_report("photos_report.json")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        detector: str | LandmarkDetector = "mediapipe",
+        cache_dir: str | os.PathLike[str] | None = None,
+        image_size: int = 240,
+        largest_only: bool = False,
+        min_face_size: float = 40.0,
+        progress: bool = True,
+        *,
+        files: Sequence[str | os.PathLike[str]] | None = None,
+        margin: float = 0.0,
+        detector_options: dict[str, Any] | None = None,
+    ) -> None:
+        if root is None and files is None:
+            raise ValueError("give a root folder or a list of files")
+        if image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {image_size}")
+        if min_face_size < 0:
+            raise ValueError(f"min_face_size must be >= 0, got {min_face_size}")
+        self.root = Path(root) if root is not None else None
+        self.image_size = int(image_size)
+        self.margin = float(margin)
+        self.largest_only = bool(largest_only)
+        self.min_face_size = float(min_face_size)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        owns_detector = not isinstance(detector, LandmarkDetector)
+        self.detector = make_detector(detector, **(detector_options or {}))
+        self.ignored_files = 0
+        if files is None:
+            assert self.root is not None
+            paths = list_images(self.root)
+            self.ignored_files = sum(1 for p in self.root.rglob("*") if p.is_file()) - len(paths)
+        else:
+            paths = sorted({Path(f) for f in files}, key=lambda p: p.as_posix())
+        self._records = self._scan(paths, progress)
+        if owns_detector:
+            self.detector.close()
+        self._items = self._index(self._records)
+
+    # -- construction ----------------------------------------------------------------------
+    def _select(self, faces: list[Face]) -> tuple[tuple[int, ...], int, int]:
+        order = sorted(range(len(faces)), key=lambda k: -faces[k].size)
+        big = [k for k in order if faces[k].size >= self.min_face_size]
+        dropped_small = len(order) - len(big)
+        dropped_extra = 0
+        if self.largest_only and len(big) > 1:
+            dropped_extra = len(big) - 1
+            big = big[:1]
+        return tuple(big), dropped_small, dropped_extra
+
+    def _scan(self, paths: list[Path], progress: bool) -> list[_FileRecord]:
+        from tqdm.auto import tqdm
+
+        records = []
+        bar = tqdm(paths, desc="detecting faces", unit="img", disable=not progress or not paths)
+        for path in bar:
+            try:
+                result = preprocess_file(
+                    path, self.detector, image_size=self.image_size, margin=self.margin, cache_dir=self.cache_dir
+                )
+            except ImageReadError as exc:
+                records.append(_FileRecord(path, reason=exc.reason, kind="unreadable"))
+                continue
+            except MemoryError:
+                records.append(_FileRecord(path, reason="out of memory while decoding", kind="unreadable"))
+                continue
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop a corpus
+                records.append(_FileRecord(path, reason=f"{type(exc).__name__}: {exc}", kind="error"))
+                continue
+            kept, small, extra = self._select(result.faces)
+            record = _FileRecord(
+                path,
+                cache_file=result.cache_file,
+                faces=kept,
+                detected=len(result.faces),
+                dropped_small=small,
+                dropped_extra=extra,
+                cached=result.cached,
+            )
+            if not result.faces:
+                record = replace(record, reason=result.reason or "no face detected", kind="no_face")
+            elif not kept:
+                record = replace(
+                    record,
+                    reason=f"{small} face(s) smaller than min_face_size={self.min_face_size:g} px",
+                    kind="too_small",
+                )
+            records.append(record)
+        return records
+
+    @staticmethod
+    def _index(records: Iterable[_FileRecord]) -> list[_Item]:
+        return [_Item(r.path, r.cache_file, k) for r in records if r.cache_file is not None for k in r.faces]
+
+    # -- Dataset ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self._items[index]
+        crop = load_crop(item.cache_file, item.face_index)
+        return {
+            "image": crop.image,
+            "mask": crop.mask,
+            "landmarks": crop.landmarks,
+            "path": str(item.path),
+            "face_index": item.face_index,
+        }
+
+    # -- views -----------------------------------------------------------------------------
+    @property
+    def files(self) -> list[Path]:
+        """Every scanned file, in order."""
+        return [r.path for r in self._records]
+
+    @property
+    def paths(self) -> list[str]:
+        """The source file of each item."""
+        return [str(i.path) for i in self._items]
+
+    def subset_files(self, files: Iterable[str | os.PathLike[str]]) -> RealFaceCorpus:
+        """A corpus over some of this corpus's files, without detecting again."""
+        wanted = {Path(f) for f in files}
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view._records = [r for r in self._records if r.path in wanted]
+        view._items = self._index(view._records)
+        view.ignored_files = 0
+        return view
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[RealFaceCorpus, RealFaceCorpus]:
+        """Split by *file* (see :func:`split_files`) into two corpora, e.g. train / held-out."""
+        first, second = split_files(self.files, fraction, seed)
+        return self.subset_files(first), self.subset_files(second)
+
+    # -- reporting -------------------------------------------------------------------------
+    def summary(self) -> dict[str, int]:
+        """Counts: images found, with faces, faces (items), skipped, dropped faces, cache use."""
+        records = self._records
+        return {
+            "found_images": len(records),
+            "images_with_faces": sum(1 for r in records if r.faces),
+            "faces": len(self._items),
+            "faces_detected": sum(r.detected for r in records),
+            "skipped_images": sum(1 for r in records if not r.faces),
+            "unreadable": sum(1 for r in records if r.kind == "unreadable"),
+            "no_face": sum(1 for r in records if r.kind == "no_face"),
+            "too_small": sum(1 for r in records if r.kind == "too_small"),
+            "errors": sum(1 for r in records if r.kind == "error"),
+            "dropped_small_faces": sum(r.dropped_small for r in records),
+            "dropped_extra_faces": sum(r.dropped_extra for r in records),
+            "cache_hits": sum(1 for r in records if r.cached),
+            "cache_misses": sum(1 for r in records if r.cache_file is not None and not r.cached),
+            "ignored_files": self.ignored_files,
+        }
+
+    def skipped(self) -> list[dict[str, str]]:
+        """``[{"path", "kind", "reason"}]`` for every file that gave no item."""
+        return [
+            {"path": self._name(r.path), "kind": r.kind or "", "reason": r.reason or ""}
+            for r in self._records
+            if not r.faces
+        ]
+
+    def _name(self, path: Path) -> str:
+        if self.root is not None:
+            try:
+                return path.relative_to(self.root).as_posix()
+            except ValueError:
+                pass
+        return str(path)
+
+    def report(self) -> dict[str, Any]:
+        """The JSON-able report written by :meth:`write_report`."""
+        return {
+            "root": str(self.root) if self.root is not None else None,
+            "detector": self.detector.settings(),
+            "image_size": self.image_size,
+            "margin": self.margin,
+            "largest_only": self.largest_only,
+            "min_face_size": self.min_face_size,
+            "cache_dir": str(self.cache_dir),
+            "summary": self.summary(),
+            "skipped_by_kind": dict(Counter(r.kind for r in self._records if not r.faces)),
+            "skipped": self.skipped(),
+            "faces_per_image": {
+                self._name(r.path): {
+                    "kept": len(r.faces),
+                    "detected": r.detected,
+                    "dropped_small": r.dropped_small,
+                    "dropped_extra": r.dropped_extra,
+                }
+                for r in self._records
+                if r.faces
+            },
+        }
+
+    def write_report(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`report` as JSON; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.report(), indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, faces={s['faces']}, images={s['found_images']}, "
+            f"skipped={s['skipped_images']}, detector={self.detector.name!r})"
+        )

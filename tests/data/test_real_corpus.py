@@ -1,0 +1,153 @@
+"""RealFaceCorpus: a folder of real photos → one masked crop per face, robust and cached."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from ifn.data.landmarks import MediapipeLandmarks
+from ifn.data.real_corpus import RealFaceCorpus, list_images, split_files
+
+MULTI_FACE = {"annotated68/breakingbad.jpg": 2, "misc/emma.jpg": 3, "misc/trump_hillary.jpg": 2}
+
+
+@pytest.fixture(scope="module")
+def corpus(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RealFaceCorpus:
+    return RealFaceCorpus(faces_dir, cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+
+
+def test_list_images_is_recursive_case_insensitive_and_sorted(tmp_path: Path) -> None:
+    for name in ["b/z.PNG", "a.jpg", "b/a.JpEg", "c/d/e.webp", "notes.txt", "x.pts", "y.TIFF", "b/w.pgm"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    names = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
+    assert names == ["a.jpg", "b/a.JpEg", "b/w.pgm", "b/z.PNG", "c/d/e.webp", "y.TIFF"]
+    with pytest.raises(NotADirectoryError):
+        list_images(tmp_path / "a.jpg")
+
+
+def test_shared_photos_detection_rate_and_multi_face(corpus: RealFaceCorpus, tmp_path: Path) -> None:
+    summary = corpus.summary()
+    assert summary["found_images"] == 41
+    assert summary["images_with_faces"] >= 0.9 * summary["found_images"]
+    assert summary["images_with_faces"] + summary["skipped_images"] == summary["found_images"]
+    per_image = corpus.report()["faces_per_image"]
+    for name, count in MULTI_FACE.items():
+        assert per_image[name]["kept"] == count, name
+    assert len(corpus) == summary["faces"] >= 41 - summary["skipped_images"] + 4
+    report = json.loads(corpus.write_report(tmp_path / "report.json").read_text())
+    assert report["summary"] == summary
+    assert len(report["skipped"]) == summary["skipped_images"]  # everything else is in the report
+    assert all(s["reason"] for s in report["skipped"])
+
+
+def test_items_are_masked_framed_crops(corpus: RealFaceCorpus) -> None:
+    for index in (0, len(corpus) // 2, len(corpus) - 1):
+        item = corpus[index]
+        image, mask, lm = item["image"], item["mask"], item["landmarks"]
+        assert image.shape == (3, 240, 240) and image.dtype == torch.float32
+        assert mask.shape == (1, 240, 240) and lm.shape == (68, 2)
+        assert Path(item["path"]).is_file() and isinstance(item["face_index"], int)
+        assert (image[:, mask[0] == 0] == 0).all()
+        assert 0.2 < mask.mean() < 0.95
+        assert lm.min() >= 0 and lm.max() <= 240
+        lo, hi = lm.min(0).values, lm.max(0).values
+        assert any(lo[a] < 1e-3 and hi[a] > 240 - 1e-3 for a in (0, 1))
+    batch = next(iter(DataLoader(corpus, batch_size=4)))
+    assert batch["image"].shape == (4, 3, 240, 240) and len(batch["path"]) == 4
+    assert batch["face_index"].dtype == torch.int64
+    clone = pickle.loads(pickle.dumps(corpus))  # what DataLoader workers receive
+    assert torch.equal(clone[1]["image"], corpus[1]["image"])
+
+
+def test_second_construction_hits_the_cache(corpus: RealFaceCorpus, faces_dir: Path) -> None:
+    detector = MediapipeLandmarks()
+    again = RealFaceCorpus(faces_dir, detector=detector, cache_dir=corpus.cache_dir, progress=False)
+    assert detector.calls == 0 and detector._graphs == {}  # MediaPipe was not even started
+    assert again.summary()["cache_hits"] == again.summary()["found_images"] - again.summary()["unreadable"]
+    assert len(again) == len(corpus) and again.paths == corpus.paths
+    assert torch.equal(again[3]["image"], corpus[3]["image"])
+    cache_files = [p for p in corpus.cache_dir.rglob("*") if p.is_file()]
+    assert len(cache_files) == 41 and all(p.suffix == ".npz" for p in cache_files)
+    for path in cache_files:  # complete archives
+        with np.load(path) as data:
+            assert {"crops", "masks", "landmarks", "crop_landmarks", "reason"} <= set(data.files)
+            assert data["crops"].shape[1:] == (3, 240, 240)
+
+
+def test_filters_and_splits(corpus: RealFaceCorpus, faces_dir: Path) -> None:
+    largest = RealFaceCorpus(faces_dir, cache_dir=corpus.cache_dir, largest_only=True, progress=False)
+    s = largest.summary()
+    assert len(largest) == s["images_with_faces"] and s["dropped_extra_faces"] == 4
+    assert all(item.face_index == 0 for item in largest._items)
+    huge = RealFaceCorpus(faces_dir / "misc", cache_dir=corpus.cache_dir, min_face_size=5000, progress=False)
+    assert len(huge) == 0 and huge.summary()["too_small"] == 3
+    assert {s["kind"] for s in huge.skipped()} == {"too_small"}
+    # split by file: disjoint, complete, deterministic
+    train, held = corpus.split(0.75, seed=3)
+    assert set(train.files).isdisjoint(held.files) and sorted(train.files + held.files) == sorted(corpus.files)
+    assert len(train) + len(held) == len(corpus)
+    assert corpus.split(0.75, seed=3)[0].files == train.files
+    assert corpus.split(0.75, seed=4)[0].files != train.files
+    # an explicit list of files gives the same corpus, from the cache
+    a, _ = split_files(list_images(faces_dir), 0.75, seed=3)
+    explicit = RealFaceCorpus(files=a, cache_dir=corpus.cache_dir, progress=False)
+    assert explicit.paths == train.paths and explicit.summary()["cache_misses"] == 0
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def test_bad_files_never_stop_the_corpus(faces_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    (root / "nested" / "deeper").mkdir(parents=True)
+    face = Image.open(faces_dir / "celeba-style" / "000002.jpg").convert("RGB")
+    shutil.copy(faces_dir / "celeba-style" / "000006.jpg", root / "good.jpg")
+    (root / "corrupt.jpg").write_bytes(bytes(np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8)))
+    (root / "truncated.jpg").write_bytes(_jpeg(face)[:2000])
+    (root / "text.jpg").write_text("not an image\n")
+    face.convert("L").save(root / "nested" / "gray.png")
+    buf = io.BytesIO()
+    face.save(buf, format="PNG")
+    (root / "nested" / "deeper" / "really_png.JPG").write_bytes(buf.getvalue())
+    Image.fromarray(np.full((300, 300, 3), 128, np.uint8)).save(root / "blank.bmp")
+    (root / "notes.txt").write_text("ignored")
+    corpus = RealFaceCorpus(root, cache_dir=tmp_path / "cache", progress=False)
+    s = corpus.summary()
+    assert s["found_images"] == 7 and s["ignored_files"] == 1
+    assert s["images_with_faces"] == 3 and len(corpus) == 3  # good, gray, really_png
+    skipped = {item["path"]: item for item in corpus.skipped()}
+    assert set(skipped) == {"corrupt.jpg", "truncated.jpg", "text.jpg", "blank.bmp"}
+    assert skipped["truncated.jpg"]["kind"] == "unreadable" and "truncated" in skipped["truncated.jpg"]["reason"]
+    assert skipped["text.jpg"]["kind"] == "unreadable" and "not an image" in skipped["text.jpg"]["reason"]
+    assert skipped["corrupt.jpg"]["kind"] == "unreadable"
+    assert skipped["blank.bmp"] == {"path": "blank.bmp", "kind": "no_face", "reason": "no face detected"}
+    gray = corpus[next(i for i, p in enumerate(corpus.paths) if p.endswith("gray.png"))]["image"]
+    assert torch.equal(gray[0], gray[1])  # grayscale stays gray, as 3 channels
+    report = json.loads(corpus.write_report(tmp_path / "r.json").read_text())
+    assert report["skipped_by_kind"] == {"unreadable": 3, "no_face": 1}
+    # the second construction detects nothing again (failures to read are simply re-checked)
+    detector = MediapipeLandmarks()
+    RealFaceCorpus(root, detector=detector, cache_dir=tmp_path / "cache", progress=False)
+    assert detector.calls == 0
+
+
+def test_constructor_checks(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="root folder or a list"):
+        RealFaceCorpus()
+    with pytest.raises(ValueError, match="min_face_size"):
+        RealFaceCorpus(tmp_path, min_face_size=-1)
+    empty = RealFaceCorpus(tmp_path, cache_dir=tmp_path / "c", progress=False)
+    assert len(empty) == 0 and empty.summary()["found_images"] == 0

@@ -74,12 +74,12 @@ def _summary(model) -> dict:  # noqa: ANN001
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ifn`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "facemodel":
-        return _facemodel_main(argv[1:])
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "facemodel":
+        return _facemodel_main(args[1:])
     from ifn.lightning_cli import run_lightning_cli
 
-    run_lightning_cli(argv)
+    run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
     return 0
 
 

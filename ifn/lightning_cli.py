@@ -59,7 +59,7 @@ def run_lightning_cli(args: Sequence[str] | None = None) -> IFNLightningCLI:
         InverseFaceNet,
         SyntheticFaceDataModule,
         args=None if args is None else list(args),
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )

@@ -236,13 +236,12 @@ class InverseFaceNet(L.LightningModule):
                     for group, value in metric.compute().items():
                         values[f"{stage}/{prefix}param_rmse_{group}{suffix}"] = value
                 else:
-                    values[f"{stage}/{prefix}{name}{suffix}"] = metric.compute()
-                    std = getattr(metric, "std", None)
-                    if std is not None:
-                        values[f"{stage}/{prefix}{name}_std{suffix}"] = std
+                    stats = metric.compute_stats()  # one synchronisation for mean and std
+                    values[f"{stage}/{prefix}{name}{suffix}"] = stats["mean"]
+                    values[f"{stage}/{prefix}{name}_std{suffix}"] = stats["std"]
                 metric.reset()
         if values:
-            # compute() already synchronised the metric states across ranks.
+            # The metric states were already synchronised across ranks by compute().
             self.log_dict({k: v.float() for k, v in values.items()}, sync_dist=False, rank_zero_only=False)
 
     # ------------------------------------------------------------- inference

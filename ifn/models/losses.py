@@ -4,6 +4,15 @@
 ``Σ = diag(ωR·1₃, ωs·σs, ωe·σe, ωr·σr, ωi·1₂₇)``: a parameter error costs what it does to
 the face (millimetres of geometry, albedo units), so high-variance modes matter more.
 The ablation baseline is the plain Euclidean loss (all ω = 1, σ = 1).
+
+Convention:
+    σ here is the RMS *per-vertex* effect of one unit of θ: ``σ_i / √V`` for the stored
+    standard deviation σ_i of an orthonormal ``3V``-dimensional mode (millimetres of
+    displacement per vertex for shape and expression, albedo units per vertex for
+    reflectance). Stored σ's grow with √V (they are norms over all vertices), so using
+    them raw makes the loss depend on mesh resolution and lets geometry outweigh rotation
+    by 10⁴ with the paper's weights; per vertex, the paper's ω's keep every group in play
+    (1° of rotation ≈ 50, 1 σ of the first ICT shape mode ≈ 3·10⁴, a unit of light = 400).
 """
 
 from __future__ import annotations
@@ -62,11 +71,12 @@ class ModelSpaceLoss(nn.Module):
         if euclidean:
             scale = torch.ones(self.layout.size)
         else:
+            per_vertex = face_model.n_vertices**-0.5
             stds = {
                 "rotation": torch.ones(3),
-                "shape": face_model.shape_std.detach().cpu().float(),
-                "expression": face_model.expression_std.detach().cpu().float(),
-                "reflectance": face_model.reflectance_std.detach().cpu().float(),
+                "shape": face_model.shape_std.detach().cpu().float() * per_vertex,
+                "expression": face_model.expression_std.detach().cpu().float() * per_vertex,
+                "reflectance": face_model.reflectance_std.detach().cpu().float() * per_vertex,
                 "illumination": torch.ones(self.layout.n_illumination),
             }
             scale = torch.cat([self.weights[group] * stds[group] for group in self.layout.sizes])

@@ -8,13 +8,21 @@ from ifn.render.params import ParamLayout
 
 
 def _explicit_quadratic_form(p, theta, fm, weights):
-    """(p − θ)ᵀ A (p − θ) with A = ΣᵀΣ built as a full matrix, averaged over the batch."""
+    """(p − θ)ᵀ A (p − θ) with A = ΣᵀΣ built as a full matrix, averaged over the batch.
+
+    σ per vertex: the RMS per-vertex displacement of a unit coefficient, measured here
+    directly from the basis rather than taken from the loss's σ/√V formula.
+    """
+
+    def rms_per_vertex(basis, std):
+        return torch.stack([(basis[i] * std[i]).norm(dim=-1).pow(2).mean().sqrt() for i in range(len(std))])
+
     sigma_diag = torch.cat(
         [
             torch.full((3,), weights[0]),
-            weights[1] * fm.shape_std,
-            weights[2] * fm.expression_std,
-            weights[3] * fm.reflectance_std,
+            weights[1] * rms_per_vertex(fm.shape_basis, fm.shape_std),
+            weights[2] * rms_per_vertex(fm.expression_basis, fm.expression_std),
+            weights[3] * rms_per_vertex(fm.reflectance_basis, fm.reflectance_std),
             torch.full((27,), weights[4]),
         ]
     ).double()

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from ifn.callbacks.predictions import ThetaJSONWriter
 from ifn.callbacks.test_metrics import TestMetricsWriter
 from ifn.data.synthetic import SyntheticFaceDataModule
 from ifn.models.inverse_face_net import InverseFaceNet
@@ -36,6 +37,7 @@ class IFNLightningCLI(LightningCLI):
         for key in LINKED_ARGUMENTS:
             parser.link_arguments(f"data.{key}", f"model.{key}")
         parser.add_lightning_class_args(TestMetricsWriter, "test_metrics")
+        parser.add_lightning_class_args(ThetaJSONWriter, "predictions")
 
     def instantiate_trainer(self, **kwargs):  # noqa: ANN003, ANN201
         trainer = super().instantiate_trainer(**kwargs)

@@ -2,32 +2,49 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import torch
 
-__all__ = ["TestMetricsWriter", "write_json_atomic"]
+__all__ = ["TestMetricsWriter", "write_csv_atomic", "write_json_atomic"]
 
 
-def write_json_atomic(path: Path, payload: Any) -> Path:
-    """Write JSON through a temporary file renamed into place (never a half-written file)."""
+def _write_atomic(path: Path, write: Callable[[IO[str]], None]) -> Path:
+    """Write a text file through a temporary file renamed into place (never half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        with os.fdopen(fd, "w", newline="") as handle:
+            write(handle)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: Path, payload: Any) -> Path:
+    """Write ``payload`` as indented JSON, atomically."""
+    return _write_atomic(path, lambda handle: handle.write(json.dumps(payload, indent=2, sort_keys=True) + "\n"))
+
+
+def write_csv_atomic(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
+    """Write ``rows`` as CSV with a header, atomically."""
+
+    def write(handle: IO[str]) -> None:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    return _write_atomic(path, write)
 
 
 class TestMetricsWriter(L.Callback):

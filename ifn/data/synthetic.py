@@ -17,15 +17,18 @@ default; breeding plugs in a bred bank — see :mod:`ifn.callbacks.breeding`).
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset, get_worker_info
 
 from ifn.data.priors import ParameterPrior
+from ifn.data.real_corpus import RealFaceCorpus
 from ifn.render.face_model import FaceModel, build_face_model
 from ifn.render.params import ParamLayout
 from ifn.render.renderer import FaceRenderer
@@ -119,6 +122,17 @@ class SyntheticFaceDataModule(L.LightningDataModule):
         seed: base seed of every stream.
         augment: photometric augmentation of the training input with kornia.
         num_workers: DataLoader workers (θ are cheap: 0 keeps source swaps immediate).
+        real_dir: folder of unlabelled real photos for breeding (see
+            :class:`~ifn.callbacks.breeding.BreedingCallback`).
+        real_test_dir: folder of real photos evaluated by ``test`` (photometric error and
+            IoU: there is no geometric ground truth) as a second test dataloader.
+        predict_dir: folder of photos for ``predict`` (default: the synthetic test set).
+        real_detector: landmark detector for real photos: ``mediapipe`` (offline default),
+            ``annotation`` (``.pts``/``.ljson`` beside each image) or ``face_alignment``.
+        real_cache_dir: cache of detected, cropped faces (default ``$IFN_CACHE_DIR`` or
+            ``~/.cache/ifn/real_faces``).
+        real_largest_only: one face per photo, the largest.
+        real_min_face_size: faces smaller than this (pixels, landmark box) are skipped.
 
     Batches after transfer are dicts with ``theta`` ``(B, m)``, ``image`` ``(B, 3, H, W)``
     in [0, 1], ``mask`` ``(B, 1, H, W)``, ``landmarks`` ``(B, 68, 2)`` and ``input``
@@ -142,6 +156,13 @@ class SyntheticFaceDataModule(L.LightningDataModule):
         seed: int = 0,
         augment: bool = False,
         num_workers: int = 0,
+        real_dir: str | None = None,
+        real_test_dir: str | None = None,
+        predict_dir: str | None = None,
+        real_detector: str = "mediapipe",
+        real_cache_dir: str | None = None,
+        real_largest_only: bool = False,
+        real_min_face_size: float = 40.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -161,6 +182,15 @@ class SyntheticFaceDataModule(L.LightningDataModule):
         self.source: ParameterSource = PriorSource(self.prior, self.layout, self.face_model, seed)
         self._augment = _build_augmentation() if augment else None
         self._fixed: dict[int, Tensor] = {}
+        self.image_size = image_size
+        self.real_dirs = {"real": real_dir, "real_test": real_test_dir, "predict": predict_dir}
+        self.real_options = {
+            "detector": real_detector,
+            "cache_dir": real_cache_dir,
+            "largest_only": real_largest_only,
+            "min_face_size": real_min_face_size,
+        }
+        self._corpora: dict[str, RealFaceCorpus] = {}
 
     # --------------------------------------------------------------- sources
     @property
@@ -183,6 +213,43 @@ class SyntheticFaceDataModule(L.LightningDataModule):
             )
         return self._fixed[stream]
 
+    # ------------------------------------------------------------ real faces
+    def real_corpus(self, which: str = "real") -> RealFaceCorpus | None:
+        """The corpus of ``real_dir`` (``which="real"``), ``real_test_dir`` or ``predict_dir``.
+
+        Built once; landmark detection runs the first time a folder is seen and is cached
+        on disk, so later builds (other ranks, resumed runs) only read the cache.
+        """
+        root = self.real_dirs[which]
+        if root is None:
+            return None
+        if which not in self._corpora:
+            if not Path(root).is_dir():
+                raise FileNotFoundError(f"data.{which}_dir: folder not found: {root}")
+            rank_zero_info(f"[ifn] preparing real faces of {root} ({which})")
+            self._corpora[which] = RealFaceCorpus(
+                root,
+                image_size=self.image_size,
+                progress=self.rank == 0,
+                **self.real_options,
+            )
+            summary = self._corpora[which].summary()
+            rank_zero_info(f"[ifn] {root}: {summary}")
+        return self._corpora[which]
+
+    def prepare_data(self) -> None:
+        # Runs on one process per node before the others start: detect faces once, so
+        # every rank's setup() reads the cache instead of detecting concurrently.
+        for which in self.real_dirs:
+            self.real_corpus(which)
+
+    def _real_loader(self, which: str) -> DataLoader:
+        corpus = self.real_corpus(which)
+        assert corpus is not None
+        if len(corpus) == 0:
+            raise ValueError(f"data.{which}_dir {self.real_dirs[which]} yielded no faces: {corpus.summary()}")
+        return DataLoader(corpus, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+
     # ----------------------------------------------------------- dataloaders
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -198,16 +265,23 @@ class SyntheticFaceDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._fixed_loader(STREAM_VAL)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._fixed_loader(STREAM_TEST)
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        if self.real_dirs["real_test"] is None:
+            return self._fixed_loader(STREAM_TEST)
+        return [self._fixed_loader(STREAM_TEST), self._real_loader("real_test")]
 
     def predict_dataloader(self) -> DataLoader:
+        if self.real_dirs["predict"] is not None:
+            return self._real_loader("predict")
         return self._fixed_loader(STREAM_TEST)
 
     # ------------------------------------------------------------- rendering
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, (list, tuple)) and len(batch) == 1:  # TensorDataset rows
             batch = batch[0]
+        if isinstance(batch, dict):  # real faces: already cropped and masked
+            batch["input"] = to_network_input(batch["image"])
+            return batch
         if not isinstance(batch, Tensor):
             return batch
         training = self.trainer is not None and self.trainer.training

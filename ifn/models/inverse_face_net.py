@@ -19,10 +19,18 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from ifn.models.losses import ModelSpaceLoss
-from ifn.models.metrics import GeometricError, MaskIoU, ParameterError, PhotometricError
+from ifn.callbacks.test_metrics import write_csv_atomic
+from ifn.models.metrics import (
+    GeometricError,
+    MaskIoU,
+    ParameterError,
+    PhotometricError,
+    mask_iou_per_image,
+    photometric_error_per_image,
+)
 from ifn.render.face_model import FaceModel, build_face_model
 from ifn.render.params import ParamLayout
-from ifn.render.renderer import FaceRenderer
+from ifn.render.renderer import FaceRenderer, RenderOutput
 
 __all__ = ["InverseFaceNet", "create_backbone"]
 
@@ -138,6 +146,7 @@ class InverseFaceNet(L.LightningModule):
         # the DataModule): kept out of the module tree so checkpoints hold only the network.
         self.__dict__["face_model"] = face
         self.__dict__["renderer"] = FaceRenderer(face, image_size=image_size, camera_distance=camera_distance, backend=backend)
+        self._real_rows: list[dict[str, Any]] = []
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.metrics = nn.ModuleDict()
@@ -198,7 +207,9 @@ class InverseFaceNet(L.LightningModule):
         prediction = self(batch["input"])
         batch_size = prediction.shape[0]
         if "theta" not in batch:
-            self._update_image_metrics(self.metrics[f"{stage}_real"], prediction, batch)
+            render = self._update_image_metrics(self.metrics[f"{stage}_real"], prediction, batch)
+            if stage == "test":
+                self._record_real_images(render, batch)
             return
         self.log(f"{stage}/loss", self.loss(prediction, batch["theta"]), batch_size=batch_size, sync_dist=True)
         target_geometry = self._geometry(batch["theta"])
@@ -212,16 +223,47 @@ class InverseFaceNet(L.LightningModule):
         params = self.layout.split(theta)
         return self.face_model.geometry(params.shape, params.expression)
 
-    def _update_image_metrics(self, metrics: nn.ModuleDict, theta: Tensor, batch: dict[str, Tensor]) -> None:
+    def _update_image_metrics(self, metrics: nn.ModuleDict, theta: Tensor, batch: dict[str, Tensor]) -> RenderOutput:
         render = self.renderer(theta)
         metrics["photometric_error"].update(render.image, batch["image"], batch["mask"])
         metrics["iou"].update(render.mask, batch["mask"])
+        return render
+
+    def _record_real_images(self, render: RenderOutput, batch: dict[str, Any]) -> None:
+        photometric, has_mask = photometric_error_per_image(render.image, batch["image"], batch["mask"])
+        iou, _ = mask_iou_per_image(render.mask, batch["mask"])
+        for i in range(render.image.shape[0]):
+            self._real_rows.append(
+                {
+                    "path": batch["path"][i],
+                    "face_index": int(batch["face_index"][i]),
+                    "photometric_error": photometric[i].item() if has_mask[i] else float("nan"),
+                    "iou": iou[i].item(),
+                }
+            )
+
+    def on_test_epoch_start(self) -> None:
+        self._real_rows = []
+
+    def _write_real_rows(self) -> None:
+        """Per-image real-photo results → ``test_real_per_image.csv`` in the log directory."""
+        rows = self._real_rows
+        if self.trainer.world_size > 1:
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        if not rows or not self.trainer.is_global_zero:
+            return
+        rows = sorted({(r["path"], r["face_index"]): r for r in rows}.values(), key=lambda r: (r["path"], r["face_index"]))
+        path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "test_real_per_image.csv"
+        write_csv_atomic(path, rows, ["path", "face_index", "photometric_error", "iou"])
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
+        self._write_real_rows()
 
     def _log_epoch_metrics(self, stage: str) -> None:
         values: dict[str, Tensor] = {}

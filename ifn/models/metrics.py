@@ -50,7 +50,15 @@ from torchmetrics import Metric
 
 from ifn.render.params import ParamLayout
 
-__all__ = ["GeometricError", "MaskIoU", "ParameterError", "PerImageMetric", "PhotometricError"]
+__all__ = [
+    "GeometricError",
+    "MaskIoU",
+    "ParameterError",
+    "PerImageMetric",
+    "PhotometricError",
+    "mask_iou_per_image",
+    "photometric_error_per_image",
+]
 
 _T = TypeVar("_T")
 
@@ -67,6 +75,50 @@ def _float(x: Tensor) -> Tensor:
 
 def _shape(x: Tensor) -> tuple[int, ...]:
     return tuple(x.shape)
+
+
+def photometric_error_per_image(prediction: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image photometric RMSE (0–255) inside the input mask.
+
+    Args: as :meth:`PhotometricError.update`.
+
+    Returns:
+    ``(B,)`` float64 errors and ``(B,)`` bool validity (False where the mask is empty).
+    """
+    if prediction.ndim != 4 or prediction.shape[1] != 3:
+        raise ValueError(f"prediction must be (B, 3, H, W), got {_shape(prediction)}")
+    if target.shape != prediction.shape:
+        raise ValueError(f"target must match prediction {_shape(prediction)}, got {_shape(target)}")
+    b, _, h, w = prediction.shape
+    if mask.shape != (b, 1, h, w):
+        raise ValueError(f"mask must be {(b, 1, h, w)} (B, 1, H, W), got {_shape(mask)}")
+    inside = _binary(mask)
+    diff = (_float(prediction) - _float(target)) * 255.0
+    sq = torch.where(inside, diff * diff, torch.zeros((), dtype=diff.dtype, device=diff.device))
+    sse = sq.sum(dim=(1, 2, 3), dtype=torch.float64)
+    n = inside.sum(dim=(1, 2, 3)) * 3
+    valid = n > 0
+    return (sse / n.clamp_min(1)).sqrt(), valid
+
+
+def mask_iou_per_image(prediction: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image mask IoU in percent.
+
+    Args: as :meth:`MaskIoU.update`.
+
+    Returns:
+    ``(B,)`` float64 IoU and ``(B,)`` bool validity (False where both masks are empty).
+    """
+    if prediction.ndim != 4 or prediction.shape[1] != 1:
+        raise ValueError(f"prediction must be (B, 1, H, W), got {_shape(prediction)}")
+    if target.shape != prediction.shape:
+        raise ValueError(f"target must match prediction {_shape(prediction)}, got {_shape(target)}")
+    a, b = _binary(prediction), _binary(target)
+    intersection = (a & b).sum(dim=(1, 2, 3))
+    union = (a | b).sum(dim=(1, 2, 3))
+    valid = union > 0
+    iou = 100.0 * intersection.to(torch.float64) / union.clamp_min(1).to(torch.float64)
+    return iou, valid
 
 
 class _SyncedCompute(Metric):
@@ -176,20 +228,7 @@ class PhotometricError(PerImageMetric):
             target: ``(B, 3, H, W)`` the input image, in ``[0, 1]``.
             mask: ``(B, 1, H, W)`` the INPUT's face mask (bool, or float thresholded ``> 0.5``).
         """
-        if prediction.ndim != 4 or prediction.shape[1] != 3:
-            raise ValueError(f"prediction must be (B, 3, H, W), got {_shape(prediction)}")
-        if target.shape != prediction.shape:
-            raise ValueError(f"target must match prediction {_shape(prediction)}, got {_shape(target)}")
-        b, _, h, w = prediction.shape
-        if mask.shape != (b, 1, h, w):
-            raise ValueError(f"mask must be {(b, 1, h, w)} (B, 1, H, W), got {_shape(mask)}")
-        inside = _binary(mask)
-        diff = (_float(prediction) - _float(target)) * 255.0
-        sq = torch.where(inside, diff * diff, torch.zeros((), dtype=diff.dtype, device=diff.device))
-        sse = sq.sum(dim=(1, 2, 3), dtype=torch.float64)
-        n = inside.sum(dim=(1, 2, 3)) * 3
-        valid = n > 0
-        self._accumulate((sse / n.clamp_min(1)).sqrt(), valid)
+        self._accumulate(*photometric_error_per_image(prediction, target, mask))
 
 
 class GeometricError(PerImageMetric):
@@ -259,16 +298,7 @@ class MaskIoU(PerImageMetric):
             prediction: ``(B, 1, H, W)`` the rendered mask of the reconstruction.
             target: ``(B, 1, H, W)`` the input's face mask.
         """
-        if prediction.ndim != 4 or prediction.shape[1] != 1:
-            raise ValueError(f"prediction must be (B, 1, H, W), got {_shape(prediction)}")
-        if target.shape != prediction.shape:
-            raise ValueError(f"target must match prediction {_shape(prediction)}, got {_shape(target)}")
-        a, b = _binary(prediction), _binary(target)
-        intersection = (a & b).sum(dim=(1, 2, 3))
-        union = (a | b).sum(dim=(1, 2, 3))
-        valid = union > 0
-        iou = 100.0 * intersection.to(torch.float64) / union.clamp_min(1).to(torch.float64)
-        self._accumulate(iou, valid)
+        self._accumulate(*mask_iou_per_image(prediction, target))
 
 
 class ParameterError(_SyncedCompute):

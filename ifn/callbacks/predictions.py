@@ -1,0 +1,79 @@
+"""``ifn predict``: write θ per face as JSON (one file per face, named after its photo)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from ifn.callbacks.test_metrics import write_json_atomic
+from ifn.render.params import ParamLayout
+
+__all__ = ["ThetaJSONWriter", "theta_to_dict"]
+
+
+def theta_to_dict(theta: Any, layout: ParamLayout) -> dict[str, Any]:
+    """One θ ``(m,)`` → named groups (rotation also in degrees; illumination as 9 × RGB)."""
+    params = layout.split(theta.detach().float().cpu().reshape(1, -1))
+    rotation = params.rotation[0].tolist()
+    return {
+        "rotation_rad": dict(zip(("alpha_pitch", "beta_yaw", "gamma_roll"), rotation)),
+        "rotation_deg": dict(zip(("alpha_pitch", "beta_yaw", "gamma_roll"), (math.degrees(r) for r in rotation))),
+        "shape": params.shape[0].tolist(),
+        "expression": params.expression[0].tolist(),
+        "reflectance": params.reflectance[0].tolist(),
+        "illumination_sh_rgb": params.illumination[0].tolist(),
+        "theta": theta.detach().float().cpu().reshape(-1).tolist(),
+    }
+
+
+class ThetaJSONWriter(BasePredictionWriter):
+    """Write each predicted face to ``<output_dir>/<photo path with / as __>.face<k>.json``.
+
+    Args:
+        output_dir: where to write (default ``<log_dir>/predictions``).
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.written = 0
+
+    def _directory(self, trainer: L.Trainer) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        directory = self._directory(trainer)
+        theta = prediction["theta"]
+        meta = pl_module.hparams
+        for i in range(theta.shape[0]):
+            if "path" in prediction:
+                source = str(prediction["path"][i])
+                face = int(prediction["face_index"][i])
+                name = re.sub(r"[^A-Za-z0-9._-]+", "__", source.strip("/")) + f".face{face}.json"
+            else:
+                index = batch_indices[i] if batch_indices is not None else batch_idx * theta.shape[0] + i
+                source, face, name = None, 0, f"synthetic_{int(index):06d}.json"
+            payload = {"image": source, "face_index": face, "face_model": meta.get("face_model"),
+                       **theta_to_dict(theta[i], pl_module.layout)}
+            write_json_atomic(directory / name, payload)
+            self.written += 1
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            print(f"[ifn] wrote {self.written} prediction(s) to {self._directory(trainer)}")

@@ -68,11 +68,20 @@ def build_toy_face_model(resolution: int = 41) -> FaceModel:
     mean = torch.stack([gx, gy, dome + nose], dim=-1).reshape(-1, 3)
     idx = torch.arange(n * n).reshape(n, n)
     # Rows go up in y, columns right in x: (a, b, c) = (r,c), (r,c+1), (r+1,c+1) is CCW seen from +z.
+    # Quads left of x = 0 are split along a–c, those right of it along b–d: the mirror image of
+    # the mesh is the mesh itself.
     a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, 1:], idx[1:, :-1]
-    triangles = torch.cat([torch.stack([a, b, c], -1).reshape(-1, 3), torch.stack([a, c, d], -1).reshape(-1, 3)])
+    left = (torch.arange(n - 1) < (n - 1) // 2).expand(n - 1, n - 1)
+    split_ac = torch.cat([torch.stack([a, b, c], -1)[left], torch.stack([a, c, d], -1)[left]])
+    split_bd = torch.cat([torch.stack([a, b, d], -1)[~left], torch.stack([b, c, d], -1)[~left]])
+    triangles = torch.cat([split_ac, split_bd])
     targets = _toy_landmark_targets()
     landmarks = torch.cdist(targets, mean[:, :2]).argmin(dim=1)
-    face_mask = points_in_polygon(mean[:, :2], mean[landmarks[list(FACE_OUTLINE)], :2])
+    outline = mean[landmarks[list(FACE_OUTLINE)], :2]
+    mirrored = mean[:, :2] * torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    # Vertices exactly on the outline are inside on one side only (even-odd rule): OR with the
+    # mirror image so the toy model is exactly symmetric.
+    face_mask = points_in_polygon(mean[:, :2], outline) | points_in_polygon(mirrored, outline)
     face_mask[landmarks] = True
     gen = torch.Generator().manual_seed(0)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -14,20 +12,14 @@ from typing import IO, Any
 import lightning as L
 import torch
 
+from ifn.io import atomic_write
+
 __all__ = ["TestMetricsWriter", "write_csv_atomic", "write_json_atomic"]
 
 
 def _write_atomic(path: Path, write: Callable[[IO[str]], None]) -> Path:
-    """Write a text file through a temporary file renamed into place (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", newline="") as handle:
+        write(handle)
     return path
 
 

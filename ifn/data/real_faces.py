@@ -25,7 +25,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -38,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ifn.data.landmarks import Face, LandmarkDetector
+from ifn.io import atomic_write
 from ifn.render.camera import apply_framing, framing_transform
 from ifn.render.face_region import face_region_mask
 
@@ -360,20 +360,8 @@ _NPZ_KEYS = (
 
 
 def _write_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_write(path) as fh:
+        np.savez_compressed(fh, **arrays)
 
 
 def _read_npz(path: Path, image_size: int) -> dict[str, np.ndarray] | None:

@@ -37,7 +37,6 @@ import dataclasses
 import functools
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ifn.io import atomic_write
 
 __all__ = ["PAPER_SIZES", "ExpressionPrior", "FaceModel", "FaceModelMetadata", "build_face_model", "load_face_model"]
 
@@ -304,21 +305,12 @@ class FaceModel(nn.Module):
         path = Path(path)
         if path.suffix != ".npz":
             raise ValueError(f"face model files end in .npz, got {str(path)!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload: dict[str, np.ndarray] = {key: value.numpy() for key, value in self.arrays().items()}
         payload["format"] = np.array(FORMAT_NAME)
         payload["version"] = np.array(FORMAT_VERSION, dtype=np.int64)
         payload["metadata"] = np.array(self.metadata.to_json())
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as handle:
+            np.savez(handle, **payload)
         return path
 
     @classmethod

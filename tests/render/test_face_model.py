@@ -111,3 +111,12 @@ def test_load_face_model_by_path_and_unknown_name(toy_face_model, tmp_path):
 def test_module_moves_buffers_with_to(toy_face_model):
     fm = toy_face_model.to(torch.float64)
     assert fm.mean_shape.dtype == torch.float64 and fm.triangles.dtype == torch.int64
+
+
+def test_saved_file_gets_normal_permissions(toy_face_model, tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = toy_face_model.save(tmp_path / "toy.npz")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

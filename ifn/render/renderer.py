@@ -12,15 +12,66 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ifn.render.camera import apply_framing, euler_to_rotation, framing_transform, perspective_project
 from ifn.render.face_model import FaceModel
 from ifn.render.params import FaceParams, ParamLayout
 from ifn.render.rasterizer import BACKENDS, Fragments, Rasterizer, create_rasterizer, interpolate
-from ifn.render.shading import shade, vertex_normals
+from ifn.render.shading import shade
 
 __all__ = ["FaceRenderer", "RenderOutput"]
+
+
+@dataclass(frozen=True)
+class _Topology:
+    """What depends only on the mesh, computed once per device (the triangles never change).
+
+    Attributes:
+        drawn: ``(V_d,)`` vertices used by the drawn face triangles (shaded and rasterized).
+        face_triangles: ``(F, 3)`` the face triangles re-indexed into ``drawn``.
+        normal_triangles: ``(F_n, 3)`` every triangle touching a drawn vertex (so normals on
+            the border of the face region also see the triangles just outside it).
+        incidence: ``(V_d, F_n)`` sparse 0/1 matrix: drawn vertex × adjacent triangle.
+    """
+
+    drawn: Tensor
+    face_triangles: Tensor
+    normal_triangles: Tensor
+    incidence: Tensor
+
+    @classmethod
+    def build(cls, face_model: FaceModel, device: torch.device) -> _Topology:
+        triangles = face_model.triangles.to(device)
+        face_triangles = face_model.face_triangles.to(device)
+        drawn = torch.unique(face_triangles)
+        local = torch.full((face_model.n_vertices,), -1, dtype=torch.int64, device=device)
+        local[drawn] = torch.arange(drawn.numel(), device=device)
+        normal_triangles = triangles[(local[triangles] >= 0).any(dim=1)]
+        corner_rows = local[normal_triangles].T.reshape(-1)
+        corner_cols = torch.arange(normal_triangles.shape[0], device=device).repeat(3)
+        keep = corner_rows >= 0
+        incidence = torch.sparse_coo_tensor(
+            torch.stack([corner_rows[keep], corner_cols[keep]]),
+            torch.ones(int(keep.sum()), device=device),
+            (drawn.numel(), normal_triangles.shape[0]),
+            check_invariants=True,
+        ).coalesce()
+        return cls(drawn, local[face_triangles], normal_triangles, incidence)
+
+    def normals(self, vertices: Tensor) -> Tensor:
+        """Area-weighted unit normals ``(B, V_d, 3)`` of the drawn vertices.
+
+        Same result as :func:`~ifn.render.shading.vertex_normals` restricted to ``drawn``,
+        but as one sparse product instead of scatter-adds (several times faster on CPU).
+        """
+        batch = vertices.shape[0]
+        per_vertex = vertices.transpose(0, 1)  # (V, B, 3): gathers along dim 0 are fastest
+        v0, v1, v2 = (per_vertex.index_select(0, self.normal_triangles[:, i]) for i in range(3))
+        face_normals = torch.linalg.cross(v1 - v0, v2 - v0, dim=-1)  # length = 2 x area
+        summed = torch.sparse.mm(self.incidence.to(vertices.dtype), face_normals.reshape(face_normals.shape[0], -1))
+        return F.normalize(summed.view(-1, batch, 3).transpose(0, 1), dim=-1)
 
 
 @dataclass
@@ -33,7 +84,8 @@ class RenderOutput:
         landmarks: ``(B, 68, 2)`` projected landmark vertices in output pixels.
         vertices: ``(B, V, 3)`` posed vertices (rotated about the face centre), millimetres.
         screen_vertices: ``(B, V, 3)`` ``(x_px, y_px, depth_mm)`` as rasterized.
-        fragments: per-pixel triangle ids (into ``face_model.face_triangles``) and barycentrics.
+        fragments: per-pixel triangle ids (into ``face_model.face_triangles``, same order) and
+            barycentrics.
     """
 
     image: Tensor
@@ -88,6 +140,7 @@ class FaceRenderer(nn.Module):
         self.margin = float(margin)
         self.backend = backend
         self._rasterizers: dict[torch.device, Rasterizer] = {}
+        self._topologies: dict[torch.device, _Topology] = {}
 
     def extra_repr(self) -> str:
         return f"image_size={self.image_size}, camera_distance={self.camera_distance}, margin={self.margin}, backend={self.backend!r}"
@@ -103,6 +156,12 @@ class FaceRenderer(nn.Module):
             self._rasterizers[device] = create_rasterizer(self.backend, device)
         return self._rasterizers[device]
 
+    def topology(self, device: torch.device | None = None) -> _Topology:
+        device = torch.device(device) if device is not None else self.device
+        if device not in self._topologies:
+            self._topologies[device] = _Topology.build(self.face_model, device)
+        return self._topologies[device]
+
     def forward(self, theta: Tensor | FaceParams) -> RenderOutput:
         """Render a batch.
 
@@ -116,11 +175,15 @@ class FaceRenderer(nn.Module):
         params = self.layout.split(theta) if isinstance(theta, Tensor) else theta
         fm = self.face_model
         vertices = self.pose(params)
-        colours = shade(fm.reflectance(params.reflectance), vertex_normals(vertices, fm.triangles), params.illumination)
+        topology = self.topology(vertices.device)
+        # Only the drawn vertices are shaded and rasterized.
+        albedo = fm.reflectance(params.reflectance).index_select(1, topology.drawn)
+        colours = shade(albedo, topology.normals(vertices), params.illumination)
         screen, landmarks = self.project(vertices)
         size = (self.image_size, self.image_size)
-        fragments = self.rasterizer(screen.device).rasterize(screen, fm.face_triangles, size)
-        image = interpolate(colours, fragments, fm.face_triangles).clamp(0.0, 1.0)
+        drawn_screen = screen.index_select(1, topology.drawn)
+        fragments = self.rasterizer(screen.device).rasterize(drawn_screen, topology.face_triangles, size)
+        image = interpolate(colours, fragments, topology.face_triangles).clamp(0.0, 1.0)
         return RenderOutput(
             image=image,
             mask=fragments.mask,

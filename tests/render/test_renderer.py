@@ -122,3 +122,18 @@ def test_nvdiffrast_gradients_reach_light():
     theta = _lit_theta(renderer.layout).cuda().requires_grad_(True)
     renderer(theta).image.sum().backward()
     assert theta.grad[0, renderer.layout.slices["illumination"]].abs().sum() > 0
+
+
+def test_fast_normals_match_the_reference_on_the_drawn_vertices():
+    from ifn.render.shading import vertex_normals
+
+    fm = load_face_model("procedural")
+    renderer = FaceRenderer(fm, image_size=32, backend="torch")
+    theta = _lit_theta(renderer.layout, batch=2)
+    theta[:, :3] = torch.tensor([[0.2, -0.3, 0.1], [-0.1, 0.4, 0.0]])
+    vertices = renderer.pose(renderer.layout.split(theta))
+    topology = renderer.topology()
+    reference = vertex_normals(vertices, fm.triangles)[:, topology.drawn]
+    assert torch.allclose(topology.normals(vertices), reference, atol=1e-5)
+    # Every face triangle is drawn through the re-indexing.
+    assert torch.equal(topology.drawn[topology.face_triangles], fm.face_triangles)

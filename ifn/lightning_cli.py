@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from ifn.callbacks.breeding import BreedingCallback
 from ifn.callbacks.predictions import ThetaJSONWriter
 from ifn.callbacks.test_metrics import TestMetricsWriter
 from ifn.data.synthetic import SyntheticFaceDataModule
@@ -38,6 +39,10 @@ class IFNLightningCLI(LightningCLI):
             parser.link_arguments(f"data.{key}", f"model.{key}")
         parser.add_lightning_class_args(TestMetricsWriter, "test_metrics")
         parser.add_lightning_class_args(ThetaJSONWriter, "predictions")
+        # Breeding is always wired in but off (0 rounds) unless a config turns it on, so the
+        # synthetic-only ablation of a breeding config is just `--breeding.rounds 0`.
+        parser.add_lightning_class_args(BreedingCallback, "breeding")
+        parser.set_defaults({"breeding.rounds": 0})
 
     def instantiate_trainer(self, **kwargs):  # noqa: ANN003, ANN201
         trainer = super().instantiate_trainer(**kwargs)

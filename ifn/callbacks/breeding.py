@@ -39,7 +39,7 @@ __all__ = ["BredSource", "BreedingCallback", "BreedingNoise"]
 STREAM_BRED = 3
 
 
-@dataclass
+@dataclass(frozen=True)
 class BreedingNoise:
     """Perturbation of a real reconstruction (paper, Section 7; standard deviations or ranges).
 
@@ -153,7 +153,7 @@ class BreedingCallback(L.Callback):
         every_n_steps: int = 7500,
         rounds: int = 8,
         copies: int = 2,
-        noise: BreedingNoise | None = None,
+        noise: BreedingNoise = BreedingNoise(),  # noqa: B008 - frozen, never mutated
         prior_fraction: float = 0.0,
         fresh_perturbations: bool = False,
         inference_batch_size: int = 64,
@@ -166,7 +166,7 @@ class BreedingCallback(L.Callback):
         self.every_n_steps = every_n_steps
         self.rounds = rounds
         self.copies = copies
-        self.noise = noise if noise is not None else BreedingNoise()
+        self.noise = noise
         self.prior_fraction = prior_fraction
         self.fresh_perturbations = fresh_perturbations
         self.inference_batch_size = inference_batch_size

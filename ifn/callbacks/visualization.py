@@ -70,7 +70,12 @@ class ImageGridLogger(L.Callback):
     ) -> None:
         if batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking:
             return
-        if (self._validations - 1) % self.every_n_validations or not trainer.is_global_zero:
+        if (self._validations - 1) % self.every_n_validations:
+            return
+        # Under DDP trainer.log_dir is a broadcast: every rank must ask, before the rank check
+        # (asked on rank 0 alone, it deadlocked 2-process DDP training at the first validation).
+        directory = Path(trainer.log_dir or trainer.default_root_dir) / "images"
+        if not trainer.is_global_zero:
             return
         n = min(self.num_images, batch["input"].shape[0])
         prediction = pl_module(batch["input"][:n])
@@ -78,11 +83,10 @@ class ImageGridLogger(L.Callback):
         image, mask = batch["image"][:n], batch["mask"][:n]
         rows = torch.cat([image, render.image, overlay(image, render.image, mask, render.mask)])
         grid = make_grid(rows.float().cpu(), nrow=n, padding=2)
-        self._write(trainer, grid)
+        self._write(trainer, grid, directory)
 
-    def _write(self, trainer: L.Trainer, grid: Tensor) -> None:
+    def _write(self, trainer: L.Trainer, grid: Tensor, directory: Path) -> None:
         step = trainer.global_step
-        directory = Path(trainer.log_dir or trainer.default_root_dir) / "images"
         directory.mkdir(parents=True, exist_ok=True)
         save_image(grid, directory / f"val_step{step:07d}.png")
         for logger in trainer.loggers:

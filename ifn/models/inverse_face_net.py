@@ -252,10 +252,13 @@ class InverseFaceNet(L.LightningModule):
             gathered: list[Any] = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, rows)
             rows = [row for part in gathered for row in part]
-        if not rows or not self.trainer.is_global_zero:
+        if not rows:  # the same on every rank after the gather
+            return
+        # Under DDP trainer.log_dir is a broadcast: every rank must ask, before the rank check.
+        path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "test_real_per_image.csv"
+        if not self.trainer.is_global_zero:
             return
         rows = sorted({(r["path"], r["face_index"]): r for r in rows}.values(), key=lambda r: (r["path"], r["face_index"]))
-        path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "test_real_per_image.csv"
         write_csv_atomic(path, rows, ["path", "face_index", "photometric_error", "iou"])
 
     def on_validation_epoch_end(self) -> None:

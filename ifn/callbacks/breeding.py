@@ -233,8 +233,10 @@ class BreedingCallback(L.Callback):
             },
             rank_zero_only=True,
         )
-        if self.plot and trainer.is_global_zero:
-            self._plot(trainer, dm)
+        if self.plot:
+            directory = Path(trainer.log_dir or trainer.default_root_dir) / "breeding"  # DDP broadcast: all ranks
+            if trainer.is_global_zero:
+                self._plot(trainer, dm, directory)
 
     @torch.no_grad()
     def reconstruct(self, trainer: L.Trainer, pl_module: L.LightningModule, corpus: Any) -> Tensor:
@@ -297,7 +299,7 @@ class BreedingCallback(L.Callback):
                 out[f"{label}_{name}_std"] = values.std().item() if values.numel() > 1 else 0.0
         return out
 
-    def _plot(self, trainer: L.Trainer, dm: SyntheticFaceDataModule) -> None:
+    def _plot(self, trainer: L.Trainer, dm: SyntheticFaceDataModule, directory: Path) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -325,7 +327,6 @@ class BreedingCallback(L.Callback):
         axes.flat[0].legend(fontsize=7)
         fig.suptitle(f"Breeding round {self.round} (step {trainer.global_step}): prior vs real vs bred")
         fig.tight_layout()
-        directory = Path(trainer.log_dir or trainer.default_root_dir) / "breeding"
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"round_{self.round:02d}.png"
         fig.savefig(path, dpi=80)

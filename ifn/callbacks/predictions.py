@@ -74,6 +74,10 @@ class ThetaJSONWriter(BasePredictionWriter):
             write_json_atomic(directory / name, payload)
             self.written += 1
 
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.written = 0
+
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        directory = self._directory(trainer)  # a broadcast under DDP: every rank must ask
         if trainer.is_global_zero:
-            print(f"[ifn] wrote {self.written} prediction(s) to {self._directory(trainer)}")
+            print(f"[ifn] wrote {self.written} prediction(s) on rank 0 to {directory}")

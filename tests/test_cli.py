@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,13 +59,6 @@ REQUIRED_TEST_METRICS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(autouse=True)
 def _argv_and_cwd(monkeypatch, tmp_path):
@@ -81,19 +72,6 @@ def _subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
     return env
-
-
-def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    """Run in a new session so that a hang ends with every process it started (e.g. wandb's service)."""
-    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, start_new_session=True) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            pytest.fail(f"timed out after {timeout} s\n{err[-4000:]}")
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 def print_config(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
@@ -270,7 +248,7 @@ def test_fit_resumes_step_and_theta_stream(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_fit_with_wandb_offline_writes_a_run(tmp_path):
+def test_fit_with_wandb_offline_writes_a_run(tmp_path, run):
     root = tmp_path / "run"
     env = _subprocess_env(
         WANDB_MODE="offline",
@@ -285,7 +263,7 @@ def test_fit_with_wandb_offline_writes_a_run(tmp_path):
         "--config", str(QUICKSTART), "--config", str(CONFIGS / "logger" / "wandb.yaml"),
         *SMALL_RUN, "--trainer.max_steps=2", f"--trainer.default_root_dir={root}",
     ]
-    result = _run(command, tmp_path, env, timeout=180)
+    result = run(command, tmp_path, env, timeout=180)
     assert result.returncode == 0, result.stderr[-4000:]
     # The logger's save_dir follows trainer.default_root_dir (an interpolation in wandb.yaml).
     runs = sorted((root / "wandb").glob("offline-run-*"))

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -63,19 +61,6 @@ def _rows_shared(a: torch.Tensor, b: torch.Tensor) -> int:
     return int((a[:, None, :] == b[None, :, :]).all(dim=-1).any(dim=1).sum())
 
 
-def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    """Run in a new session so that a hang can be ended with every process it launched."""
-    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, start_new_session=True) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            pytest.fail(f"timed out after {timeout} s (a DDP deadlock?)\n{err[-6000:]}")
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
-
-
 SMALL = [
     "--config", str(REPO / "configs" / "quickstart.yaml"),
     "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
@@ -100,7 +85,7 @@ def _env(extra_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def ddp_fit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ddp_fit(tmp_path_factory: pytest.TempPathFactory, run) -> Path:
     """A 2-process fit of STEPS steps; returns its folder (run/, probe/)."""
     tmp_path = tmp_path_factory.mktemp("ddp")
     (tmp_path / "ifn_test_probe.py").write_text(PROBE)
@@ -110,7 +95,7 @@ def ddp_fit(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"--trainer.max_steps={STEPS}", "--trainer.log_every_n_steps=1",
         f"--trainer.default_root_dir={tmp_path / 'run'}", f"--trainer.callbacks+={probe}",
     ]
-    result = _run(command, tmp_path, _env(tmp_path), timeout=150)
+    result = run(command, tmp_path, _env(tmp_path), timeout=150)
     assert result.returncode == 0, result.stderr[-6000:]
     return tmp_path
 
@@ -148,7 +133,7 @@ def test_two_process_cpu_ddp_fit(ddp_fit: Path):
     assert _rows_shared(torch.cat([val0, val1]), reference) == VAL_SIZE
 
 
-def test_two_process_cpu_ddp_test_with_real_photos(ddp_fit: Path, shared_data: Path, tmp_path: Path):
+def test_two_process_cpu_ddp_test_with_real_photos(ddp_fit: Path, shared_data: Path, tmp_path: Path, run):
     """``ifn test`` under DDP: synthetic metrics synchronised, and the real-photo CSV gathered
     from both ranks (3 photos over 2 ranks: the sampler pads one rank with a repeat)."""
     photos = tmp_path / "photos"
@@ -164,7 +149,7 @@ def test_two_process_cpu_ddp_test_with_real_photos(ddp_fit: Path, shared_data: P
         f"--data.real_test_dir={photos}", "--data.real_detector=annotation",
         f"--data.real_cache_dir={tmp_path / 'cache'}",
     ]
-    result = _run(command, tmp_path, _env(tmp_path), timeout=150)
+    result = run(command, tmp_path, _env(tmp_path), timeout=150)
     assert result.returncode == 0, result.stderr[-6000:]
     path = Path([line for line in result.stdout.splitlines() if line.strip()][-1])
     assert path.name == "test_metrics.json" and path.is_file()

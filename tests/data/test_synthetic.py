@@ -30,14 +30,6 @@ M = 3 + N_SHAPE + N_EXPRESSION + N_REFLECTANCE + 27
 BATCH = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two OpenMP threads on a busy 2-core machine are many times slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @dataclass
 class _FakeTrainer:

@@ -22,13 +22,6 @@ SMALL = "mobilenetv3_small_050"  # 0.6 M parameters, 1024 → m head
 SIZES = {"n_shape": N_SHAPE, "n_expression": N_EXPRESSION, "n_reflectance": N_REFLECTANCE}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _head(net: nn.Module) -> nn.Linear:
     head = net.get_classifier()

@@ -324,6 +324,8 @@ class BreedingCallback(L.Callback):
             for label, values in series.items():
                 ax.hist(values.numpy(), bins=30, range=(lo, hi + 1e-6), density=True, histtype="step", label=label)
             ax.set_title(name, fontsize=9)
+        for ax in axes.flat[len(columns) :]:
+            ax.axis("off")
         axes.flat[0].legend(fontsize=7)
         fig.suptitle(f"Breeding round {self.round} (step {trainer.global_step}): prior vs real vs bred")
         fig.tight_layout()

@@ -160,7 +160,10 @@ class InverseFaceNet(L.LightningModule):
                         "param_rmse": ParameterError(self.layout),
                     }
                 )
-            self.metrics[f"{stage}_real"] = nn.ModuleDict({"photometric_error": PhotometricError(), "iou": MaskIoU()})
+            for suffix in ("", "_mean_face"):
+                self.metrics[f"{stage}_real{suffix}"] = nn.ModuleDict(
+                    {"photometric_error": PhotometricError(), "iou": MaskIoU()}
+                )
 
     face_model: FaceModel
     renderer: FaceRenderer
@@ -208,6 +211,7 @@ class InverseFaceNet(L.LightningModule):
         batch_size = prediction.shape[0]
         if "theta" not in batch:
             render = self._update_image_metrics(self.metrics[f"{stage}_real"], prediction, batch)
+            self._update_image_metrics(self.metrics[f"{stage}_real_mean_face"], self.mean_face_parameters(batch_size), batch)
             if stage == "test":
                 self._record_real_images(render, batch)
             return
@@ -270,11 +274,10 @@ class InverseFaceNet(L.LightningModule):
 
     def _log_epoch_metrics(self, stage: str) -> None:
         values: dict[str, Tensor] = {}
-        for key in (f"{stage}", f"{stage}_mean_face", f"{stage}_real"):
-            suffix = key[len(stage) :]
-            prefix = "real_" if suffix == "_real" else ""
-            suffix = "" if suffix == "_real" else suffix
-            for name, metric in self.metrics[key].items():
+        groups = {"": ("", ""), "_mean_face": ("", "_mean_face"), "_real": ("real_", ""),
+                  "_real_mean_face": ("real_", "_mean_face")}
+        for key, (prefix, suffix) in groups.items():
+            for name, metric in self.metrics[f"{stage}{key}"].items():
                 if not metric.update_called:
                     continue
                 if name == "param_rmse":

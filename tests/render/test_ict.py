@@ -441,4 +441,13 @@ def test_real_ict_facekit(tmp_path: Path) -> None:
     for key, value in model.arrays().items():
         assert torch.equal(value, getattr(loaded, key)), key
     assert loaded.metadata == model.metadata
+    # The frontal mean face, framed by its landmarks, covers a face-sized part of the crop.
+    from ifn.render import FaceRenderer
+
+    renderer = FaceRenderer(model, image_size=240, backend="torch")
+    theta = torch.zeros(1, renderer.layout.size)
+    light = renderer.layout.slices["illumination"].start
+    theta[:, light : light + 3] = 1.0
+    coverage = renderer(theta).mask.mean().item()
+    assert 0.40 <= coverage <= 0.90, coverage
     shutil.rmtree(tmp_path, ignore_errors=True)

@@ -93,16 +93,26 @@ def interpolate(attributes: Tensor, fragments: Fragments, triangles: Tensor) -> 
     _, height, width = tri_id.shape
     n_triangles = triangles.shape[0]
     # One table row per (image, triangle) holding its three corners' values, plus a zero row
-    # for empty pixels: a single gather per pixel and a tiny matmul, no nonzero()/scatter
-    # (about twice as fast on the CPU as gathering the three vertices per covered pixel).
-    corners = attributes[:, triangles].reshape(batch * n_triangles, 3 * channels)
-    table = torch.cat([corners, corners.new_zeros(1, 3 * channels)])
-    offsets = (torch.arange(batch, device=tri_id.device) * n_triangles).view(batch, 1, 1)
-    rows = torch.where(tri_id >= 0, tri_id + offsets, batch * n_triangles).reshape(-1)
-    values = table.index_select(0, rows).view(-1, 3, channels)
-    weights = fragments.barycentric.reshape(-1, 1, 3).to(attributes.dtype)
-    out = torch.bmm(weights, values).view(batch, height, width, channels)
-    return out.permute(0, 3, 1, 2)
+    # for empty pixels: one gather per pixel and three multiply-adds, no nonzero()/scatter.
+    corners = attributes[:, triangles].reshape(batch, n_triangles, 3 * channels)
+    table = torch.cat([corners, corners.new_zeros(batch, 1, 3 * channels)], dim=1)
+    rows = torch.where(tri_id >= 0, tri_id, n_triangles).reshape(batch, -1)
+    weights = fragments.barycentric.reshape(batch, -1, 3).to(attributes.dtype)
+    # On the CPU, gathering a few images at a time keeps their table in cache: about twice
+    # as fast as one gather over the whole batch's table. GPUs prefer one big launch.
+    table_bytes = table[0].numel() * table.element_size()
+    step = batch if attributes.is_cuda else max(1, (1 << 20) // max(table_bytes, 1))
+    chunks = []
+    for start in range(0, batch, step):
+        stop = min(start + step, batch)
+        offsets = (torch.arange(stop - start, device=rows.device) * (n_triangles + 1)).unsqueeze(1)
+        flat_rows = (rows[start:stop] + offsets).reshape(-1)
+        values = table[start:stop].reshape(-1, 3 * channels).index_select(0, flat_rows).view(-1, 3, channels)
+        w = weights[start:stop].reshape(-1, 3)
+        chunk = (values[:, 0] * w[:, 0:1]).addcmul(values[:, 1], w[:, 1:2]).addcmul(values[:, 2], w[:, 2:3])
+        chunks.append(chunk)
+    out = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+    return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
 def create_rasterizer(backend: str, device: torch.device | str) -> Rasterizer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from pathlib import Path
@@ -31,8 +32,17 @@ def theta_to_dict(theta: Any, layout: ParamLayout) -> dict[str, Any]:
     }
 
 
+def _file_name(source: str, root: str | None) -> str:
+    """A flat, visible file name for a photo: its path below ``root`` with ``/`` as ``__``."""
+    path = Path(source)
+    if root is not None:
+        with contextlib.suppress(ValueError):
+            path = path.resolve().relative_to(Path(root).resolve())
+    return re.sub(r"[^A-Za-z0-9._-]+", "__", path.as_posix()).lstrip("._") or "image"
+
+
 class ThetaJSONWriter(BasePredictionWriter):
-    """Write each predicted face to ``<output_dir>/<photo path with / as __>.face<k>.json``.
+    """Write each predicted face to ``<output_dir>/<photo path below predict_dir, / as __>.face<k>.json``.
 
     Args:
         output_dir: where to write (default ``<log_dir>/predictions``).
@@ -61,11 +71,12 @@ class ThetaJSONWriter(BasePredictionWriter):
         directory = self._directory(trainer)
         theta = prediction["theta"]
         meta = pl_module.hparams
+        root = getattr(trainer.datamodule, "real_dirs", {}).get("predict")
         for i in range(theta.shape[0]):
             if "path" in prediction:
                 source = str(prediction["path"][i])
                 face = int(prediction["face_index"][i])
-                name = re.sub(r"[^A-Za-z0-9._-]+", "__", source.strip("/")) + f".face{face}.json"
+                name = _file_name(source, root) + f".face{face}.json"
             else:
                 index = batch_indices[i] if batch_indices is not None else batch_idx * theta.shape[0] + i
                 source, face, name = None, 0, f"synthetic_{int(index):06d}.json"

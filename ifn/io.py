@@ -1,15 +1,21 @@
-"""Atomic file writing: a file is either absent, the old version, or complete — never half-written."""
+"""Atomic file writing: a file is either absent, the old version, or complete — never half-written.
+
+Face models, real-face caches, metrics JSON, per-image CSVs and predictions all go
+through :func:`atomic_write`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_csv_atomic", "write_json_atomic"]
 
 
 def _umask() -> int:
@@ -46,3 +52,19 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
+    """Write ``payload`` as indented, key-sorted JSON, atomically."""
+    with atomic_write(path, "w") as handle:
+        handle.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return Path(path)
+
+
+def write_csv_atomic(path: str | os.PathLike[str], rows: list[dict[str, Any]], columns: list[str]) -> Path:
+    """Write ``rows`` as CSV with a header line, atomically."""
+    with atomic_write(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)

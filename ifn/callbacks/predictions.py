@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from ifn.callbacks.test_metrics import write_json_atomic
+from ifn.io import write_json_atomic
 from ifn.render.params import ParamLayout
 
 __all__ = ["ThetaJSONWriter", "theta_to_dict"]

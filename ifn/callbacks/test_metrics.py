@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
 
 import lightning as L
 import torch
 
-from ifn.io import atomic_write
+from ifn.io import write_json_atomic
 
-__all__ = ["TestMetricsWriter", "write_csv_atomic", "write_json_atomic"]
-
-
-def _write_atomic(path: Path, write: Callable[[IO[str]], None]) -> Path:
-    with atomic_write(path, "w", newline="") as handle:
-        write(handle)
-    return path
-
-
-def write_json_atomic(path: Path, payload: Any) -> Path:
-    """Write ``payload`` as indented JSON, atomically."""
-    return _write_atomic(path, lambda handle: handle.write(json.dumps(payload, indent=2, sort_keys=True) + "\n"))
-
-
-def write_csv_atomic(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
-    """Write ``rows`` as CSV with a header, atomically."""
-
-    def write(handle: IO[str]) -> None:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    return _write_atomic(path, write)
+__all__ = ["TestMetricsWriter"]
 
 
 class TestMetricsWriter(L.Callback):

@@ -23,8 +23,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch import Tensor
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset, get_worker_info
 
 from ifn.data.priors import ParameterPrior

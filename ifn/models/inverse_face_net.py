@@ -18,8 +18,8 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from ifn.io import write_csv_atomic
 from ifn.models.losses import ModelSpaceLoss
-from ifn.callbacks.test_metrics import write_csv_atomic
 from ifn.models.metrics import (
     GeometricError,
     MaskIoU,

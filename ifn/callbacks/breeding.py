@@ -282,13 +282,17 @@ class BreedingCallback(L.Callback):
         )
 
     # ------------------------------------------------------------- statistics
-    def bank_statistics(self, dm: SyntheticFaceDataModule, n_prior: int = 4096) -> dict[str, float]:
-        """Mean/std of key parameters in the bank and in the prior (for logging)."""
-        assert self.bank is not None
-        prior = dm.prior.sample(
-            dm.layout, n_prior, expression_prior=dm.face_model.metadata.expression_prior,
+    def _prior_reference(self, dm: SyntheticFaceDataModule, n: int = 4096) -> Tensor:
+        """A fixed sample of the synthetic prior, the reference the bank is compared with."""
+        return dm.prior.sample(
+            dm.layout, n, expression_prior=dm.face_model.metadata.expression_prior,
             generator=generator_for(self.seed, STREAM_BRED, 10**6),
         )
+
+    def bank_statistics(self, dm: SyntheticFaceDataModule) -> dict[str, float]:
+        """Mean/std of key parameters in the bank and in the prior (for logging)."""
+        assert self.bank is not None
+        prior = self._prior_reference(dm)
         out: dict[str, float] = {}
         for name, column in _key_columns(dm.layout).items():
             for label, theta in (("bank", self.bank), ("prior", prior)):
@@ -308,10 +312,7 @@ class BreedingCallback(L.Callback):
         assert self.bank is not None
         source = dm.source
         bred = source.copies if isinstance(source, BredSource) else self.bank
-        prior = dm.prior.sample(
-            dm.layout, 4096, expression_prior=dm.face_model.metadata.expression_prior,
-            generator=generator_for(self.seed, STREAM_BRED, 10**6),
-        )
+        prior = self._prior_reference(dm)
         columns = _key_columns(dm.layout)
         fig, axes = plt.subplots(2, math.ceil(len(columns) / 2), figsize=(3.2 * math.ceil(len(columns) / 2), 5.5))
         for ax, (name, column) in zip(axes.flat, columns.items()):

@@ -19,7 +19,7 @@ from ifn.render.camera import apply_framing, euler_to_rotation, framing_transfor
 from ifn.render.face_model import FaceModel
 from ifn.render.params import FaceParams, ParamLayout
 from ifn.render.rasterizer import BACKENDS, Fragments, Rasterizer, create_rasterizer, interpolate
-from ifn.render.shading import shade
+from ifn.render.shading import sh_basis, shade
 
 __all__ = ["FaceRenderer", "RenderOutput"]
 
@@ -192,6 +192,28 @@ class FaceRenderer(nn.Module):
             screen_vertices=screen,
             fragments=fragments,
         )
+
+    def illumination_basis(self, theta: Tensor | FaceParams) -> tuple[Tensor, Tensor]:
+        """Unclamped images of each SH basis function under the faces' geometry and albedo.
+
+        The render is linear in θi: ``image[b, c] = Σ_k θi[b, k, c] · basis[b, c, k]`` wherever
+        it is not clamped, so lighting can be fitted to a photo by least squares
+        (:func:`ifn.render.illumination_fit.fit_illumination`).
+
+        Returns:
+            ``(B, 3, 9, H, W)`` basis images and the ``(B, 1, H, W)`` coverage mask.
+        """
+        params = self.layout.split(theta) if isinstance(theta, Tensor) else theta
+        vertices = self.pose(params)
+        topology = self.topology(vertices.device)
+        albedo = self.face_model.reflectance(params.reflectance).index_select(1, topology.drawn)
+        basis = sh_basis(topology.normals(vertices))  # (B, N, 9)
+        values = (albedo.unsqueeze(-1) * basis.unsqueeze(-2)).flatten(2)  # (B, N, 3·9), channel-major
+        screen, _ = self.project(vertices)
+        size = (self.image_size, self.image_size)
+        fragments = self.rasterizer(screen.device).rasterize(screen.index_select(1, topology.drawn), topology.face_triangles, size)
+        images = interpolate(values, fragments, topology.face_triangles)
+        return images.unflatten(1, (3, 9)), fragments.mask
 
     def pose(self, params: FaceParams) -> Tensor:
         """``(B, V, 3)`` geometry rotated by R about the face centre (millimetres)."""

@@ -13,6 +13,13 @@ After ``start_step`` synthetic steps, every ``every_n_steps`` for ``rounds`` rou
    paper, or a mix with prior samples (``prior_fraction``), and fixed copies or fresh
    perturbations every batch (``fresh_perturbations``).
 
+Options beyond the paper, for small corpora: ``refine_illumination`` re-fits each real
+face's SH lighting to its photo in closed form before it enters the bank (the network alone
+cannot learn light it never predicts), ``crossover`` recombines θ groups across faces, and
+``groups`` breeds only some groups. With the 20-photo development corpus, bred-only
+training drifts; ``configs/quickstart_breeding.yaml`` (fresh perturbations, 50 % prior,
+lighting re-fit) is what beat the synthetic-only baseline on held-out photos.
+
 The round, the bank and the seed are saved in checkpoints; resuming restores the bank
 and the source. Each round logs its size and statistics of the bank against the prior,
 and writes the paper's Figure 3 as a plot (histograms of key parameters).
@@ -21,6 +28,7 @@ and writes the paper's Figure 3 as a plot (histograms of key parameters).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +40,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from ifn.data.synthetic import ParameterSource, PriorSource, SyntheticFaceDataModule, generator_for, to_network_input
-from ifn.render.params import ParamLayout
+from ifn.models.metrics import photometric_error_per_image
+from ifn.render.illumination_fit import fit_illumination
+from ifn.render.params import GROUPS, ParamLayout
+from ifn.render.renderer import FaceRenderer
 
 __all__ = ["BredSource", "BreedingCallback", "BreedingNoise"]
 
@@ -83,6 +94,12 @@ class BredSource(ParameterSource):
         fresh_perturbations: perturb every draw anew instead of using the fixed copies.
         prior_fraction: fraction of each batch drawn from the prior instead.
         prior_source: where those prior samples come from.
+        crossover: take each θ group (rotation, shape, expression, reflectance,
+            illumination) of a training sample from an independently drawn bank row, so
+            a small corpus yields many combinations and no group can be predicted from
+            another (e.g. a face's colour from its shape) by memorising the bank.
+        groups: the θ groups taken from the bank; the others come from the prior
+            (default: all groups, as in the paper).
     """
 
     def __init__(
@@ -96,13 +113,19 @@ class BredSource(ParameterSource):
         fresh_perturbations: bool = False,
         prior_fraction: float = 0.0,
         prior_source: PriorSource | None = None,
+        crossover: bool = False,
+        groups: Sequence[str] | None = None,
     ) -> None:
+        groups = tuple(GROUPS if groups is None else groups)
+        unknown = sorted(set(groups) - set(GROUPS))
+        if unknown or not groups:
+            raise ValueError(f"groups must be a non-empty subset of {GROUPS}, got {list(groups)}")
         if bank.ndim != 2 or bank.shape[0] == 0 or bank.shape[1] != layout.size:
             raise ValueError(f"bank must be (N > 0, {layout.size}), got {tuple(bank.shape)}")
         if not 0.0 <= prior_fraction <= 1.0:
             raise ValueError(f"prior_fraction must be in [0, 1], got {prior_fraction}")
-        if prior_fraction > 0 and prior_source is None:
-            raise ValueError("prior_fraction > 0 needs a prior_source")
+        if (prior_fraction > 0 or len(groups) < len(GROUPS)) and prior_source is None:
+            raise ValueError("prior_fraction > 0 or a subset of groups needs a prior_source")
         self.bank = bank.detach().cpu().float()
         self.layout = layout
         self.noise = noise
@@ -111,6 +134,8 @@ class BredSource(ParameterSource):
         self.fresh_perturbations = fresh_perturbations
         self.prior_fraction = prior_fraction
         self.prior_source = prior_source
+        self.crossover = crossover
+        self.groups = groups
         generator = generator_for(seed, STREAM_BRED, round_index)
         self.copies = torch.cat([noise.perturb(self.bank, layout, generator) for _ in range(max(1, copies))])
 
@@ -119,15 +144,23 @@ class BredSource(ParameterSource):
 
     def batch(self, index: int, rank: int, batch_size: int) -> Tensor:
         generator = generator_for(self.seed, STREAM_BRED, self.round_index, rank, index)
+        pool = self.bank if self.fresh_perturbations else self.copies
         rows = torch.randint(len(self), (batch_size,), generator=generator)
+        theta = pool[rows].clone()
+        if self.crossover:
+            for group in GROUPS[1:]:  # the first group keeps ``rows``
+                group_rows = torch.randint(len(self), (batch_size,), generator=generator)
+                theta[:, self.layout.slices[group]] = pool[group_rows, self.layout.slices[group]]
         if self.fresh_perturbations:
-            theta = self.noise.perturb(self.bank[rows], self.layout, generator)
-        else:
-            theta = self.copies[rows]
-        if self.prior_fraction > 0:
+            theta = self.noise.perturb(theta, self.layout, generator)
+        if self.prior_fraction > 0 or len(self.groups) < len(GROUPS):
             assert self.prior_source is not None
-            from_prior = torch.rand(batch_size, generator=generator) < self.prior_fraction
-            theta = torch.where(from_prior[:, None], self.prior_source.batch(index, rank, batch_size), theta)
+            prior = self.prior_source.batch(index, rank, batch_size)
+            for group in set(GROUPS) - set(self.groups):
+                theta[:, self.layout.slices[group]] = prior[:, self.layout.slices[group]]
+            if self.prior_fraction > 0:
+                from_prior = torch.rand(batch_size, generator=generator) < self.prior_fraction
+                theta = torch.where(from_prior[:, None], prior, theta)
         return theta
 
 
@@ -142,6 +175,12 @@ class BreedingCallback(L.Callback):
         noise: perturbation of the reconstructions (paper values by default).
         prior_fraction: share of prior samples mixed into bred batches (paper 0: bred only).
         fresh_perturbations: new perturbations every batch instead of fixed copies.
+        crossover: recombine θ groups across bank rows (see :class:`BredSource`).
+        groups: θ groups taken from the bank, the rest from the prior (default all).
+        refine_illumination: after inferring θ of a real face, re-fit its SH illumination to
+            the photo in closed form (geometry and albedo kept), so the bank carries the
+            photos' lighting rather than only the network's estimate of it. Not in the paper.
+        illumination_ridge: the fit's pull towards the network's estimate (relative ridge).
         inference_batch_size: batch size when reconstructing the real corpus.
         seed: seed of perturbations and draws (all ranks use the same bank and copies).
         plot: write the Figure-3 style plot each round.
@@ -156,6 +195,10 @@ class BreedingCallback(L.Callback):
         noise: BreedingNoise = BreedingNoise(),  # noqa: B008 - frozen, never mutated
         prior_fraction: float = 0.0,
         fresh_perturbations: bool = False,
+        crossover: bool = False,
+        groups: list[str] | None = None,
+        refine_illumination: bool = False,
+        illumination_ridge: float = 0.01,
         inference_batch_size: int = 64,
         seed: int = 0,
         plot: bool = True,
@@ -169,12 +212,19 @@ class BreedingCallback(L.Callback):
         self.noise = noise
         self.prior_fraction = prior_fraction
         self.fresh_perturbations = fresh_perturbations
+        self.crossover = crossover
+        self.groups = tuple(GROUPS if groups is None else groups)
+        if not self.groups or set(self.groups) - set(GROUPS):
+            raise ValueError(f"groups must be a non-empty subset of {GROUPS}, got {groups}")
+        self.refine_illumination = refine_illumination
+        self.illumination_ridge = illumination_ridge
         self.inference_batch_size = inference_batch_size
         self.seed = seed
         self.plot = plot
         self.round = 0
         self.bank: Tensor | None = None
         self.history: list[dict[str, Any]] = []
+        self.photometric_errors: dict[str, float] = {}
 
     # --------------------------------------------------------------- schedule
     def step_of_round(self, round_index: int) -> int:
@@ -218,17 +268,22 @@ class BreedingCallback(L.Callback):
         self._install(trainer)
         summary = corpus.summary()
         stats = self.bank_statistics(dm)
-        record = {"round": self.round, "step": trainer.global_step, "faces": len(corpus), **summary}
+        record = {"round": self.round, "step": trainer.global_step, "faces": len(corpus), **summary,
+                  **{f"photometric_error_{k}": v for k, v in self.photometric_errors.items()}}
         self.history.append(record)
         rank_zero_info(
             f"[ifn] breeding round {self.round}/{self.rounds} at step {trainer.global_step}: "
-            f"{len(corpus)} real faces x {self.copies} copies (skipped files: {summary['skipped_images']})"
+            f"{len(corpus)} real faces x {self.copies} copies (skipped files: {summary['skipped_images']}); "
+            f"photometric error of the network's reconstructions {self.photometric_errors['network']:.2f}"
+            + (f", after the lighting fit {self.photometric_errors['bank']:.2f}" if self.refine_illumination else "")
         )
         pl_module.log_dict(
             {
                 "breeding/round": float(self.round),
                 "breeding/corpus_faces": float(len(corpus)),
                 "breeding/skipped_files": float(summary["skipped_images"]),
+                "breeding/real_photometric_error": self.photometric_errors["network"],
+                "breeding/bank_photometric_error": self.photometric_errors["bank"],
                 **{f"breeding/{k}": v for k, v in stats.items()},
             },
             rank_zero_only=True,
@@ -240,28 +295,64 @@ class BreedingCallback(L.Callback):
 
     @torch.no_grad()
     def reconstruct(self, trainer: L.Trainer, pl_module: L.LightningModule, corpus: Any) -> Tensor:
-        """θ for every face of ``corpus``: sharded across ranks, gathered in corpus order."""
+        """θ for every face of ``corpus``: sharded across ranks, gathered in corpus order.
+
+        Also sets :attr:`photometric_errors`: the mean photometric RMSE (0–255, inside the
+        photo mask) of the network's reconstructions of the corpus and of the banked θ (they
+        differ when ``refine_illumination`` re-fits the lighting). A rise from round to round
+        is the sign of a drifting bank.
+        """
         world, rank = trainer.world_size, trainer.global_rank
         indices = list(range(rank, len(corpus), world))
         loader = DataLoader(Subset(corpus, indices), batch_size=self.inference_batch_size, shuffle=False)
         was_training = pl_module.training
         pl_module.eval()
-        parts = []
+        parts, errors = [], []
+        renderer = self._datamodule(trainer).renderer
         try:
             for batch in loader:
                 image = batch["image"].to(pl_module.device)
-                parts.append(pl_module(to_network_input(image)).float().cpu())
+                mask = batch["mask"].to(pl_module.device)
+                theta = pl_module(to_network_input(image)).float()
+                if renderer.device != theta.device:
+                    renderer.to(theta.device)
+                network_error = photometric_error_per_image(renderer(theta).image, image, mask)[0]
+                if self.refine_illumination:
+                    theta = self._fit_illumination(renderer, theta, image, mask)
+                    bank_error = photometric_error_per_image(renderer(theta).image, image, mask)[0]
+                else:
+                    bank_error = network_error
+                parts.append(theta.cpu())
+                errors.append(torch.stack([network_error, bank_error], dim=1).cpu())
         finally:
             pl_module.train(was_training)
         local = torch.cat(parts) if parts else torch.zeros(0, pl_module.layout.size)
+        local_errors = torch.cat(errors) if errors else torch.zeros(0, 2, dtype=torch.float64)
         if world == 1:
-            return local
-        gathered: list[Any] = [None] * world
-        torch.distributed.all_gather_object(gathered, (indices, local))
-        bank = torch.empty(len(corpus), local.shape[1])
-        for rank_indices, rank_theta in gathered:
-            bank[rank_indices] = rank_theta
+            bank, all_errors = local, local_errors
+        else:
+            gathered: list[Any] = [None] * world
+            torch.distributed.all_gather_object(gathered, (indices, local, local_errors))
+            bank = torch.empty(len(corpus), local.shape[1])
+            all_errors = torch.empty(len(corpus), 2, dtype=torch.float64)
+            for rank_indices, rank_theta, rank_errors in gathered:
+                bank[rank_indices] = rank_theta
+                all_errors[rank_indices] = rank_errors
+        means = all_errors.mean(0).tolist() if len(all_errors) else [math.nan, math.nan]
+        self.photometric_errors = {"network": means[0], "bank": means[1]}
         return bank
+
+    def _fit_illumination(self, renderer: FaceRenderer, theta: Tensor, image: Tensor, mask: Tensor) -> Tensor:
+        """θ with its illumination re-fitted to the photos (inside photo mask ∩ render mask)."""
+        if renderer.device != theta.device:
+            renderer.to(theta.device)
+        layout = renderer.layout
+        basis, covered = renderer.illumination_basis(theta)
+        params = layout.split(theta)
+        fitted = fit_illumination(basis, image, (mask > 0.5) & (covered > 0.5), params.illumination, self.illumination_ridge)
+        theta = theta.clone()
+        theta[:, layout.slices["illumination"]] = fitted.flatten(1)
+        return theta
 
     def _install(self, trainer: L.Trainer) -> None:
         dm = self._datamodule(trainer)
@@ -278,6 +369,8 @@ class BreedingCallback(L.Callback):
                 fresh_perturbations=self.fresh_perturbations,
                 prior_fraction=self.prior_fraction,
                 prior_source=prior_source,
+                crossover=self.crossover,
+                groups=self.groups,
             )
         )
 

@@ -125,6 +125,45 @@ def test_bred_source_fresh_perturbations_and_prior_mix(toy_face_model):
     assert 0.4 < from_bank.float().mean().item() < 0.6
 
 
+def test_crossover_recombines_groups_of_different_faces(toy_face_model):
+    layout = ParamLayout.for_face_model(toy_face_model)
+    bank = torch.randn(6, layout.size) * 3  # rows far apart: every group identifies its row
+    source = BredSource(bank, layout, BreedingNoise(), copies=1, round_index=1, seed=0, crossover=True)
+    theta = source.batch(0, 0, 200)
+    whole_rows = 0
+    for sample in theta:
+        origins = []
+        for group, cols in layout.slices.items():
+            distance = (source.copies[:, cols] - sample[cols]).abs().amax(-1)
+            assert distance.min() < 1e-6, f"{group} does not come from any bred copy"
+            origins.append(int(distance.argmin()))
+        whole_rows += len(set(origins)) == 1
+    # 5 groups from 6 faces drawn independently: a whole original row is rare (6/6^5).
+    assert whole_rows < 10
+
+
+def test_groups_not_bred_come_from_the_prior(toy_face_model):
+    from ifn.data.priors import ParameterPrior
+
+    layout = ParamLayout.for_face_model(toy_face_model)
+    bank = torch.randn(4, layout.size) * 3
+    prior = PriorSource(ParameterPrior(), layout, toy_face_model, seed=0)
+    source = BredSource(bank, layout, BreedingNoise(), copies=2, round_index=1, seed=0, prior_source=prior,
+                        groups=("rotation", "shape", "expression"))
+    theta = source.batch(5, 0, 32)
+    expected_prior = prior.batch(5, 0, 32)
+    for group in ("reflectance", "illumination"):
+        assert torch.equal(theta[:, layout.slices[group]], expected_prior[:, layout.slices[group]])
+    geometry = slice(0, layout.slices["reflectance"].start)
+    assert _rows_in(theta[:, geometry], source.copies[:, geometry])
+    with pytest.raises(ValueError, match="groups"):
+        BredSource(bank, layout, BreedingNoise(), 2, 1, 0, prior_source=prior, groups=("pose",))
+    with pytest.raises(ValueError, match="prior_source"):
+        BredSource(bank, layout, BreedingNoise(), 2, 1, 0, groups=("shape",))
+    with pytest.raises(ValueError, match="groups"):
+        BreedingCallback(groups=[])
+
+
 def test_bad_bank_and_schedule_rejected():
     layout = ParamLayout(n_shape=2, n_expression=2, n_reflectance=2)
     with pytest.raises(ValueError, match="bank must be"):
@@ -231,3 +270,30 @@ def test_ddp_ranks_hold_the_same_bank(tmp_path):
     assert banks[0]["round"] == banks[1]["round"] == 1
     assert banks[0]["bank"].shape[0] == 7  # all 7 faces, though each rank reconstructed about half
     assert torch.equal(banks[0]["bank"], banks[1]["bank"])
+
+
+def test_refined_illumination_explains_the_photos_better(tmp_path):
+    dm = _datamodule()
+    model = _model()
+    trainer = _trainer(tmp_path, [], max_steps=2)
+    trainer.fit(model, datamodule=dm)
+    corpus = dm.real_corpus()
+    photos = torch.stack([item["image"] for item in corpus.items])
+    inside = torch.stack([item["mask"] for item in corpus.items]) > 0.5
+    raw = BreedingCallback(plot=False).reconstruct(trainer, model, corpus)
+    refining = BreedingCallback(plot=False, refine_illumination=True)
+    refined = refining.reconstruct(trainer, model, corpus)
+    lighting = dm.layout.slices["illumination"]
+    # Only the lighting changes; geometry, pose and albedo stay the network's.
+    assert torch.equal(refined[:, : lighting.start], raw[:, : lighting.start])
+    assert not torch.allclose(refined[:, lighting], raw[:, lighting])
+
+    def error(theta: torch.Tensor) -> torch.Tensor:
+        out = dm.renderer(theta)
+        both = inside & (out.mask > 0.5)
+        return (((out.image - photos) ** 2) * both).sum() / both.sum()
+
+    # The "photos" are renders, so the fitted lighting must come much closer to them.
+    assert error(refined) < 0.5 * error(raw)
+    # ... and the round's log says so (RMSE in 0–255 inside the photo mask).
+    assert refining.photometric_errors["bank"] < refining.photometric_errors["network"]

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ifn.data.synthetic import ParameterSource, PriorSource, SyntheticFaceDataModule, generator_for, to_network_input
 from ifn.models.metrics import photometric_error_per_image
-from ifn.render.illumination_fit import fit_illumination
+from ifn.render.illumination_fit import fit_illumination, relight
 from ifn.render.params import GROUPS, ParamLayout
 from ifn.render.renderer import FaceRenderer
 
@@ -81,6 +81,14 @@ class BreedingNoise:
         return theta + noise
 
 
+def _bred_groups(groups: Sequence[str] | None) -> tuple[str, ...]:
+    """The θ groups to breed (``None``: all), checked to be a non-empty subset of ``GROUPS``."""
+    chosen = tuple(GROUPS if groups is None else groups)
+    if not chosen or set(chosen) - set(GROUPS):
+        raise ValueError(f"groups must be a non-empty subset of {GROUPS}, got {list(chosen)}")
+    return chosen
+
+
 class BredSource(ParameterSource):
     """Training θ drawn from a bred bank (optionally mixed with prior samples).
 
@@ -116,10 +124,7 @@ class BredSource(ParameterSource):
         crossover: bool = False,
         groups: Sequence[str] | None = None,
     ) -> None:
-        groups = tuple(GROUPS if groups is None else groups)
-        unknown = sorted(set(groups) - set(GROUPS))
-        if unknown or not groups:
-            raise ValueError(f"groups must be a non-empty subset of {GROUPS}, got {list(groups)}")
+        groups = _bred_groups(groups)
         if bank.ndim != 2 or bank.shape[0] == 0 or bank.shape[1] != layout.size:
             raise ValueError(f"bank must be (N > 0, {layout.size}), got {tuple(bank.shape)}")
         if not 0.0 <= prior_fraction <= 1.0:
@@ -213,9 +218,7 @@ class BreedingCallback(L.Callback):
         self.prior_fraction = prior_fraction
         self.fresh_perturbations = fresh_perturbations
         self.crossover = crossover
-        self.groups = tuple(GROUPS if groups is None else groups)
-        if not self.groups or set(self.groups) - set(GROUPS):
-            raise ValueError(f"groups must be a non-empty subset of {GROUPS}, got {groups}")
+        self.groups = _bred_groups(groups)  # checked now, not at the first round
         self.refine_illumination = refine_illumination
         self.illumination_ridge = illumination_ridge
         self.inference_batch_size = inference_batch_size
@@ -316,12 +319,12 @@ class BreedingCallback(L.Callback):
                 theta = pl_module(to_network_input(image)).float()
                 if renderer.device != theta.device:
                     renderer.to(theta.device)
-                network_error = photometric_error_per_image(renderer(theta).image, image, mask)[0]
                 if self.refine_illumination:
-                    theta = self._fit_illumination(renderer, theta, image, mask)
-                    bank_error = photometric_error_per_image(renderer(theta).image, image, mask)[0]
+                    theta, network_image, bank_image = self._fit_illumination(renderer, theta, image, mask)
                 else:
-                    bank_error = network_error
+                    network_image = bank_image = renderer(theta).image
+                network_error = photometric_error_per_image(network_image, image, mask)[0]
+                bank_error = photometric_error_per_image(bank_image, image, mask)[0]
                 parts.append(theta.cpu())
                 errors.append(torch.stack([network_error, bank_error], dim=1).cpu())
         finally:
@@ -342,17 +345,21 @@ class BreedingCallback(L.Callback):
         self.photometric_errors = {"network": means[0], "bank": means[1]}
         return bank
 
-    def _fit_illumination(self, renderer: FaceRenderer, theta: Tensor, image: Tensor, mask: Tensor) -> Tensor:
-        """θ with its illumination re-fitted to the photos (inside photo mask ∩ render mask)."""
-        if renderer.device != theta.device:
-            renderer.to(theta.device)
+    def _fit_illumination(
+        self, renderer: FaceRenderer, theta: Tensor, image: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """θ with its illumination re-fitted to the photos (inside photo mask ∩ render mask).
+
+        Returns the new θ and the renders before and after the fit; both come from one set of
+        basis images, since the fit changes only the lighting.
+        """
         layout = renderer.layout
         basis, covered = renderer.illumination_basis(theta)
-        params = layout.split(theta)
-        fitted = fit_illumination(basis, image, (mask > 0.5) & (covered > 0.5), params.illumination, self.illumination_ridge)
-        theta = theta.clone()
-        theta[:, layout.slices["illumination"]] = fitted.flatten(1)
-        return theta
+        lighting = layout.split(theta).illumination
+        fitted = fit_illumination(basis, image, (mask > 0.5) & (covered > 0.5), lighting, self.illumination_ridge)
+        refit = theta.clone()
+        refit[:, layout.slices["illumination"]] = fitted.flatten(1)
+        return refit, relight(basis, lighting), relight(basis, fitted)
 
     def _install(self, trainer: L.Trainer) -> None:
         dm = self._datamodule(trainer)

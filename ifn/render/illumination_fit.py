@@ -14,7 +14,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["fit_illumination"]
+__all__ = ["fit_illumination", "relight"]
+
+
+def relight(basis: Tensor, coefficients: Tensor) -> Tensor:
+    """The render under SH lighting ``coefficients``, from its basis images (no re-rasterizing).
+
+    Equals :class:`~ifn.render.FaceRenderer`'s image for the same geometry and albedo:
+    ``Σ_k coefficients[b, k, c] · basis[b, c, k]``, clamped to [0, 1], black off the face.
+
+    Args:
+        basis: ``(B, 3, 9, H, W)`` from :meth:`ifn.render.FaceRenderer.illumination_basis`.
+        coefficients: ``(B, 9, 3)`` SH lighting.
+
+    Returns:
+        ``(B, 3, H, W)`` image.
+    """
+    return torch.einsum("bckhw,bkc->bchw", basis, coefficients.to(basis.dtype)).clamp(0.0, 1.0)
 
 
 def fit_illumination(

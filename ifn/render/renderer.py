@@ -96,6 +96,19 @@ class RenderOutput:
     fragments: Fragments
 
 
+@dataclass(frozen=True)
+class _Surface:
+    """A batch posed and rasterized, before lighting: shared by the render and the SH basis images."""
+
+    vertices: Tensor  # (B, V, 3) posed, millimetres
+    screen: Tensor  # (B, V, 3) screen vertices
+    landmarks: Tensor  # (B, 68, 2)
+    albedo: Tensor  # (B, N, 3) of the drawn vertices
+    normals: Tensor  # (B, N, 3) of the drawn vertices
+    triangles: Tensor  # (F, 3) drawn triangles, indexing the drawn vertices
+    fragments: Fragments
+
+
 class FaceRenderer(nn.Module):
     """Render faces of one face model.
 
@@ -173,47 +186,46 @@ class FaceRenderer(nn.Module):
             :class:`RenderOutput`.
         """
         params = self.layout.split(theta) if isinstance(theta, Tensor) else theta
-        fm = self.face_model
-        vertices = self.pose(params)
-        topology = self.topology(vertices.device)
-        # Only the drawn vertices are shaded and rasterized.
-        albedo = fm.reflectance(params.reflectance).index_select(1, topology.drawn)
-        colours = shade(albedo, topology.normals(vertices), params.illumination)
-        screen, landmarks = self.project(vertices)
-        size = (self.image_size, self.image_size)
-        drawn_screen = screen.index_select(1, topology.drawn)
-        fragments = self.rasterizer(screen.device).rasterize(drawn_screen, topology.face_triangles, size)
-        image = interpolate(colours, fragments, topology.face_triangles).clamp(0.0, 1.0)
+        surface = self._surface(params)
+        colours = shade(surface.albedo, surface.normals, params.illumination)
+        image = interpolate(colours, surface.fragments, surface.triangles).clamp(0.0, 1.0)
         return RenderOutput(
             image=image,
-            mask=fragments.mask,
-            landmarks=landmarks,
-            vertices=vertices,
-            screen_vertices=screen,
-            fragments=fragments,
+            mask=surface.fragments.mask,
+            landmarks=surface.landmarks,
+            vertices=surface.vertices,
+            screen_vertices=surface.screen,
+            fragments=surface.fragments,
         )
 
     def illumination_basis(self, theta: Tensor | FaceParams) -> tuple[Tensor, Tensor]:
         """Unclamped images of each SH basis function under the faces' geometry and albedo.
 
         The render is linear in θi: ``image[b, c] = Σ_k θi[b, k, c] · basis[b, c, k]`` wherever
-        it is not clamped, so lighting can be fitted to a photo by least squares
-        (:func:`ifn.render.illumination_fit.fit_illumination`).
+        it is not clamped (:func:`ifn.render.illumination_fit.relight`), so lighting can be
+        fitted to a photo by least squares (:func:`ifn.render.illumination_fit.fit_illumination`).
 
         Returns:
             ``(B, 3, 9, H, W)`` basis images and the ``(B, 1, H, W)`` coverage mask.
         """
         params = self.layout.split(theta) if isinstance(theta, Tensor) else theta
+        surface = self._surface(params)
+        basis = sh_basis(surface.normals)  # (B, N, 9)
+        values = (surface.albedo.unsqueeze(-1) * basis.unsqueeze(-2)).flatten(2)  # (B, N, 3·9), channel-major
+        images = interpolate(values, surface.fragments, surface.triangles)
+        return images.unflatten(1, (3, 9)), surface.fragments.mask
+
+    def _surface(self, params: FaceParams) -> _Surface:
+        """Pose, albedo, normals and rasterization of the drawn vertices: all but the lighting."""
         vertices = self.pose(params)
         topology = self.topology(vertices.device)
+        # Only the drawn vertices are shaded and rasterized.
         albedo = self.face_model.reflectance(params.reflectance).index_select(1, topology.drawn)
-        basis = sh_basis(topology.normals(vertices))  # (B, N, 9)
-        values = (albedo.unsqueeze(-1) * basis.unsqueeze(-2)).flatten(2)  # (B, N, 3·9), channel-major
-        screen, _ = self.project(vertices)
+        screen, landmarks = self.project(vertices)
         size = (self.image_size, self.image_size)
-        fragments = self.rasterizer(screen.device).rasterize(screen.index_select(1, topology.drawn), topology.face_triangles, size)
-        images = interpolate(values, fragments, topology.face_triangles)
-        return images.unflatten(1, (3, 9)), fragments.mask
+        drawn_screen = screen.index_select(1, topology.drawn)
+        fragments = self.rasterizer(screen.device).rasterize(drawn_screen, topology.face_triangles, size)
+        return _Surface(vertices, screen, landmarks, albedo, topology.normals(vertices), topology.face_triangles, fragments)
 
     def pose(self, params: FaceParams) -> Tensor:
         """``(B, V, 3)`` geometry rotated by R about the face centre (millimetres)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ifn.render.illumination_fit import fit_illumination
+from ifn.render.illumination_fit import fit_illumination, relight
 from ifn.render.renderer import FaceRenderer
 
 
@@ -60,16 +60,22 @@ def test_bad_arguments_rejected():
         fit_illumination(basis, image, torch.ones(3, 1, 16, 16), truth, ridge=-1.0)
 
 
+def _faces(face_model, seed: int, ambient: float, light_noise: float):
+    """A torch renderer and 2 random faces lit by ``ambient`` plus N(0, light_noise²) SH terms."""
+    renderer = FaceRenderer(face_model, image_size=48, backend="torch")
+    gen = torch.Generator().manual_seed(seed)
+    theta = torch.randn(2, renderer.layout.size, generator=gen) * 0.3
+    lighting = renderer.layout.slices["illumination"]
+    theta[:, lighting] = torch.randn(2, 27, generator=gen) * light_noise
+    theta[:, lighting.start : lighting.start + 3] = ambient
+    return renderer, theta, lighting
+
+
 def test_renderer_basis_images_reproduce_the_render(toy_face_model):
     # The render is albedo ⊙ Σ θi H_k(n), interpolated, then clamped; the basis images,
     # combined with the same θi, must give the same picture wherever it is not clamped.
-    renderer = FaceRenderer(toy_face_model, image_size=48, backend="torch")
+    renderer, theta, _ = _faces(toy_face_model, seed=0, ambient=0.7, light_noise=0.1)
     layout = renderer.layout
-    gen = torch.Generator().manual_seed(0)
-    theta = torch.randn(2, layout.size, generator=gen) * 0.3
-    lighting = layout.slices["illumination"]
-    theta[:, lighting] = torch.randn(2, 27, generator=gen) * 0.1
-    theta[:, lighting.start : lighting.start + 3] = 0.7
     out = renderer(theta)
     basis, covered = renderer.illumination_basis(theta)
     assert basis.shape == (2, 3, 9, 48, 48)
@@ -78,16 +84,13 @@ def test_renderer_basis_images_reproduce_the_render(toy_face_model):
     unclamped = (out.image > 1e-4) & (out.image < 1 - 1e-4) & (out.mask > 0.5)
     assert unclamped.float().mean() > 0.1
     assert torch.allclose(combined[unclamped], out.image[unclamped], atol=1e-5)
+    # relight() clamps like the renderer, so it matches everywhere, clamped pixels included.
+    assert torch.allclose(relight(basis, layout.split(theta).illumination), out.image, atol=1e-5)
 
 
 def test_fitting_a_render_recovers_its_picture(toy_face_model):
-    renderer = FaceRenderer(toy_face_model, image_size=48, backend="torch")
+    renderer, theta, lighting = _faces(toy_face_model, seed=1, ambient=0.8, light_noise=0.0)
     layout = renderer.layout
-    gen = torch.Generator().manual_seed(1)
-    theta = torch.randn(2, layout.size, generator=gen) * 0.3
-    lighting = layout.slices["illumination"]
-    theta[:, lighting] = 0.0
-    theta[:, lighting.start : lighting.start + 3] = 0.8
     coloured = theta.clone()
     coloured[:, lighting.start : lighting.start + 3] = torch.tensor([0.9, 0.6, 0.45])  # warm light
     coloured[:, lighting.start + 6 : lighting.start + 9] = 0.15  # light from above (z term)

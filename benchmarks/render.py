@@ -51,7 +51,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from ifn.data.priors import ParameterPrior
-    from ifn.render import FaceRenderer, load_face_model
+    from ifn.facemodel import load_face_model
+from ifn.render import FaceRenderer
 
     device = torch.device(args.device)
     face_model = load_face_model(args.face_model).to(device)

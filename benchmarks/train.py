@@ -73,7 +73,7 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    from ifn.data.synthetic import SyntheticFaceDataModule
+    from ifn.data.datamodule import SyntheticFaceDataModule
     from ifn.models.inverse_face_net import InverseFaceNet
 
     device = torch.device(args.device)

@@ -31,7 +31,7 @@ def _facemodel_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
 
     if args.command == "convert":
-        from ifn.render.ict import convert_ict
+        from ifn.facemodel.ict import convert_ict
 
         try:
             model = convert_ict(args.source, progress=not args.no_progress, expression_variance=args.expression_variance)
@@ -41,7 +41,7 @@ def _facemodel_main(argv: Sequence[str]) -> int:
         print(json.dumps({"written": str(path), **_summary(model)}))
         return 0
 
-    from ifn.render.face_model import load_face_model
+    from ifn.facemodel.model import load_face_model
 
     try:
         model = load_face_model(args.model)

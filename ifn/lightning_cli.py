@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from ifn.callbacks.breeding import BreedingCallback
+from ifn.breeding.callback import BreedingCallback
 from ifn.callbacks.predictions import ThetaJSONWriter
 from ifn.callbacks.test_metrics import TestMetricsWriter
-from ifn.data.synthetic import SyntheticFaceDataModule
+from ifn.data.datamodule import SyntheticFaceDataModule
 from ifn.models.inverse_face_net import InverseFaceNet
 
 __all__ = ["IFNLightningCLI", "run_lightning_cli"]

@@ -17,7 +17,8 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from ifn.data.priors import ParameterPrior
-from ifn.render import FaceRenderer, load_face_model
+from ifn.facemodel import load_face_model
+from ifn.render import FaceRenderer
 
 
 def sheet(spec: str, rows: int, cols: int, size: int, seed: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ifn.data.real_corpus import list_images, split_files
+from ifn.data.corpus import list_images, split_files
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ifn.render.face_model import ExpressionPrior, FaceModel, FaceModelMetadata
-from ifn.render.face_region import FACE_OUTLINE, points_in_polygon
+from ifn.facemodel.model import ExpressionPrior, FaceModel, FaceModelMetadata
+from ifn.facemodel.regions import FACE_OUTLINE, points_in_polygon
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"

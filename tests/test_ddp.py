@@ -124,7 +124,7 @@ def test_two_process_cpu_ddp_fit(ddp_fit: Path):
     val0, val1 = (torch.cat(record["val"]) for record in ranks)
     assert val0.shape[0] + val1.shape[0] == VAL_SIZE
     assert _rows_shared(val0, val1) == 0
-    from ifn.data.synthetic import STREAM_VAL, SyntheticFaceDataModule
+    from ifn.data.datamodule import STREAM_VAL, SyntheticFaceDataModule
 
     reference = SyntheticFaceDataModule(
         n_shape=3, n_expression=2, n_reflectance=3, image_size=32, backend="torch",

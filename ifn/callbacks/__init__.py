@@ -1,1 +1,1 @@
-"""Lightning callbacks: breeding (SPEC §5) and visualisation."""
+"""Lightning callbacks: image grids, the test-metrics file and θ-per-face predictions."""

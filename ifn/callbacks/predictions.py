@@ -12,7 +12,7 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from ifn.io import write_json_atomic
-from ifn.render.params import ParamLayout
+from ifn.params import ParamLayout
 
 __all__ = ["ThetaJSONWriter", "theta_to_dict"]
 

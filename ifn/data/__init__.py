@@ -1,1 +1,1 @@
-"""Priors, the synthetic DataModule, real-face corpora and landmarks (SPEC §3, §6)."""
+"""Priors, parameter sources, photos and landmarks, and the DataModule."""

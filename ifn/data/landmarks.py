@@ -17,7 +17,7 @@ Sources:
 
 Convention:
     Landmarks are ``(68, 2)`` float64 (x, y) in *continuous* pixel coordinates of the image
-    as read by :func:`ifn.data.real_faces.read_image`: pixel ``(i, j)`` covers
+    as read by :func:`ifn.data.photos.read_image`: pixel ``(i, j)`` covers
     ``[j, j+1) × [i, i+1)``, so its centre is ``(j + 0.5, i + 0.5)``. Conversions:
 
     ==================  ======================================================  ===========

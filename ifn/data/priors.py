@@ -7,7 +7,7 @@ group              distribution (defaults = the paper)
 γ (roll)           U(−15°, 15°)
 θs, θr             N(0, 1)
 θe                 U(low, high), ``first_bias`` added to θe,1 — from the face
-                   model's documented :class:`~ifn.render.face_model.ExpressionPrior`
+                   model's documented :class:`~ifn.facemodel.model.ExpressionPrior`
                    unless overridden (paper basis: U(−12, 12), +4.8)
 θi                 U(−0.2, 0.2); constant θi,1 ~ U(0.6, 1.2); RGB equal
 =================  =======================================================
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ifn.render.face_model import ExpressionPrior
-from ifn.render.params import NUM_SH, FaceParams, ParamLayout
+from ifn.facemodel.model import ExpressionPrior
+from ifn.params import NUM_SH, FaceParams, ParamLayout
 
 __all__ = ["ParameterPrior"]
 

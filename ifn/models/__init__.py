@@ -1,1 +1,1 @@
-"""The InverseFaceNet LightningModule, losses and metrics (SPEC §4, §7)."""
+"""The network, its loss and metrics, the evaluator and the LightningModule."""

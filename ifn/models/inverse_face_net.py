@@ -28,8 +28,8 @@ from ifn.models.metrics import (
     mask_iou_per_image,
     photometric_error_per_image,
 )
-from ifn.render.face_model import FaceModel, build_face_model
-from ifn.render.params import ParamLayout
+from ifn.facemodel.model import FaceModel, build_face_model
+from ifn.params import ParamLayout
 from ifn.render.renderer import FaceRenderer, RenderOutput
 
 __all__ = ["InverseFaceNet", "create_backbone"]

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ifn.render.face_model import FaceModel
-from ifn.render.params import ParamLayout
+from ifn.facemodel.model import FaceModel
+from ifn.params import ParamLayout
 
 __all__ = ["ModelSpaceLoss"]
 
@@ -39,7 +39,7 @@ class ModelSpaceLoss(nn.Module):
         euclidean: ignore the weights and σ's: ``L = ‖p − θ‖²`` (the paper's baseline).
 
     Example:
-        >>> from ifn.render import procedural_face_model
+        >>> from ifn.facemodel import procedural_face_model
         >>> loss = ModelSpaceLoss(procedural_face_model())
         >>> theta = torch.zeros(2, loss.layout.size)
         >>> float(loss(theta, theta))

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from ifn.render.params import ParamLayout
+from ifn.params import ParamLayout
 
 __all__ = [
     "GeometricError",

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ifn.render.camera import apply_framing, euler_to_rotation, framing_transform, perspective_project
-from ifn.render.face_model import FaceModel
-from ifn.render.params import FaceParams, ParamLayout
+from ifn.facemodel.model import FaceModel
+from ifn.params import FaceParams, ParamLayout
 from ifn.render.rasterizer import BACKENDS, Fragments, Rasterizer, create_rasterizer, interpolate
 from ifn.render.shading import sh_basis, shade
 
@@ -122,7 +122,7 @@ class FaceRenderer(nn.Module):
             ``"nvdiffrast"``.
 
     Example:
-        >>> from ifn.render import procedural_face_model
+        >>> from ifn.facemodel import procedural_face_model
         >>> renderer = FaceRenderer(procedural_face_model(), image_size=64, backend="torch")
         >>> theta = torch.zeros(2, renderer.layout.size); theta[:, renderer.layout.slices["illumination"].start] = 1.0
         >>> out = renderer(theta)
@@ -179,7 +179,7 @@ class FaceRenderer(nn.Module):
         """Render a batch.
 
         Args:
-            theta: ``(B, m)`` flat parameters (see :mod:`ifn.render.params`) or
+            theta: ``(B, m)`` flat parameters (see :mod:`ifn.params`) or
                 :class:`FaceParams`.
 
         Returns:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 
 from ifn.callbacks.predictions import ThetaJSONWriter, _file_name, theta_to_dict
-from ifn.render.params import ParamLayout
+from ifn.params import ParamLayout
 
 LAYOUT = ParamLayout(n_shape=2, n_expression=1, n_reflectance=3)
 

@@ -26,7 +26,7 @@ from ifn.data.landmarks import (
     read_ljson,
     read_pts,
 )
-from ifn.data.real_faces import read_image
+from ifn.data.photos import read_image
 
 # ----------------------------------------------------------------------------- annotations
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ifn.data.priors import ParameterPrior
-from ifn.render.face_model import ExpressionPrior
-from ifn.render.params import ParamLayout
+from ifn.facemodel.model import ExpressionPrior
+from ifn.params import ParamLayout
 
 LAYOUT = ParamLayout(n_shape=20, n_expression=10, n_reflectance=15)
 PAPER_EXPRESSION = ExpressionPrior(low=-12.0, high=12.0, first_bias=4.8)

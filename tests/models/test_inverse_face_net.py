@@ -12,7 +12,7 @@ import timm
 import torch
 from torch import nn
 
-from ifn.data.synthetic import SyntheticFaceDataModule
+from ifn.data.datamodule import SyntheticFaceDataModule
 from ifn.models.inverse_face_net import InverseFaceNet, create_backbone
 
 N_SHAPE, N_EXPRESSION, N_REFLECTANCE = 3, 2, 3

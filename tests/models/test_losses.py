@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ifn.models.losses import ModelSpaceLoss
-from ifn.render.params import ParamLayout
+from ifn.params import ParamLayout
 
 
 def _explicit_quadratic_form(p, theta, fm, weights):

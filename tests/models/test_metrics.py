@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ifn.models.metrics import GeometricError, MaskIoU, ParameterError, PhotometricError
-from ifn.render.params import ParamLayout
+from ifn.params import ParamLayout
 
 F64 = torch.float64
 

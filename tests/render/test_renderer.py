@@ -5,8 +5,9 @@ import os
 import pytest
 import torch
 
-from ifn.render import FaceRenderer, load_face_model
-from ifn.render.params import ParamLayout
+from ifn.facemodel import load_face_model
+from ifn.render import FaceRenderer
+from ifn.params import ParamLayout
 
 
 def _lit_theta(layout: ParamLayout, batch: int = 1, yaw: float = 0.0) -> torch.Tensor:

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from ifn.callbacks.breeding import BredSource, BreedingCallback, BreedingNoise
-from ifn.data.synthetic import PriorSource, SyntheticFaceDataModule
+from ifn.breeding.callback import BredSource, BreedingCallback, BreedingNoise
+from ifn.data.datamodule import PriorSource, SyntheticFaceDataModule
 from ifn.models.inverse_face_net import InverseFaceNet
-from ifn.render.params import ParamLayout
+from ifn.params import ParamLayout
 
 SMALL = dict(face_model="procedural", n_shape=3, n_expression=2, n_reflectance=3, image_size=32, backend="torch")
 
@@ -220,8 +220,8 @@ DDP_SCRIPT = textwrap.dedent(
     """
     import sys, torch, lightning as L
     from torch.utils.data import Dataset
-    from ifn.callbacks.breeding import BreedingCallback
-    from ifn.data.synthetic import SyntheticFaceDataModule
+    from ifn.breeding.callback import BreedingCallback
+    from ifn.data.datamodule import SyntheticFaceDataModule
     from ifn.models.inverse_face_net import InverseFaceNet
 
     SMALL = dict(face_model="procedural", n_shape=3, n_expression=2, n_reflectance=3, image_size=32, backend="torch")

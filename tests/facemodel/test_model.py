@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ifn.render.face_model import FaceModel, load_face_model
+from ifn.facemodel.model import FaceModel, load_face_model
 
 
 def test_native_format_round_trips_exactly(toy_face_model, tmp_path):

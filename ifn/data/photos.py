@@ -3,7 +3,7 @@
 For each face: the bounding box of its 68 landmarks is scaled uniformly into the crop and
 centred (:func:`ifn.render.camera.framing_transform`, the rule the renderer frames synthetic
 faces with), the image is warped accordingly (bilinear, Gaussian pre-filter when
-downscaling), and everything outside :func:`ifn.render.face_region.face_region_mask` (jaw +
+downscaling), and everything outside :func:`ifn.facemodel.regions.face_region_mask` (jaw +
 brows outline minus the inner-lip polygon) is set to exactly 0. The network's input shift
 ``x − 0.5`` is *not* applied here.
 
@@ -39,7 +39,7 @@ from torch import Tensor
 from ifn.data.landmarks import Face, LandmarkDetector
 from ifn.io import atomic_write
 from ifn.render.camera import apply_framing, framing_transform
-from ifn.render.face_region import face_region_mask
+from ifn.facemodel.regions import face_region_mask
 
 __all__ = [
     "CACHE_VERSION",

@@ -1,7 +1,7 @@
 """A corpus of real, unlabelled face photographs as masked 240×240 crops (SPEC §5, §6).
 
 :class:`RealFaceCorpus` walks a folder tree once, detects the faces of every image (cached
-on disk by :func:`ifn.data.real_faces.preprocess_file`, so later constructions do not run
+on disk by :func:`ifn.data.photos.preprocess_file`, so later constructions do not run
 the detector), and serves one item per face. Nothing in the folder stops it: unreadable,
 truncated or mislabelled files and images without a (large enough) face are skipped,
 counted with their reason and listed by :meth:`RealFaceCorpus.write_report`.
@@ -23,7 +23,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from ifn.data.landmarks import Face, LandmarkDetector, make_detector
-from ifn.data.real_faces import ImageReadError, default_cache_dir, load_crop, preprocess_file
+from ifn.data.photos import ImageReadError, default_cache_dir, load_crop, preprocess_file
 
 __all__ = ["IMAGE_EXTENSIONS", "RealFaceCorpus", "list_images", "split_files"]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from ifn.data.synthetic import (
+from ifn.data.datamodule import (
     STREAM_TEST,
     STREAM_VAL,
     ParameterSource,

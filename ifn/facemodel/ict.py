@@ -27,7 +27,7 @@ What :func:`convert_ict` builds (SPEC §2):
   ``FACE_OUTLINE`` polygon of the neutral's landmarks, without the pieces of ear and neck
   that project inside it but are not connected to the face (they would float beside a
   turned head); ICT's face area has no mouth socket.
-* **Reflectance:** a hand-made prior (:mod:`ifn.render.reflectance_prior`); ICT Face
+* **Reflectance:** a hand-made prior (:mod:`ifn.facemodel.albedo_prior`); ICT Face
   Model Light has no albedo model.
 
 Convention:
@@ -49,9 +49,9 @@ from zlib import error as zlib_error
 import numpy as np
 import torch
 
-from ifn.render.face_model import ExpressionPrior, FaceModel, FaceModelMetadata
-from ifn.render.face_region import FACE_OUTLINE, points_in_polygon
-from ifn.render.reflectance_prior import build_reflectance_prior, in_range_fraction, landmark_region_weights
+from ifn.facemodel.model import ExpressionPrior, FaceModel, FaceModelMetadata
+from ifn.facemodel.regions import FACE_OUTLINE, points_in_polygon
+from ifn.facemodel.albedo_prior import build_reflectance_prior, in_range_fraction, landmark_region_weights
 
 __all__ = ["ICT_EXPRESSION_PRIOR", "ICT_EYES", "ICT_FACE_RANGE", "ICT_URL", "LIMBUS_DEG", "convert_ict"]
 

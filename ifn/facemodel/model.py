@@ -147,7 +147,7 @@ class FaceModel(nn.Module):
             orthonormal.
 
     Example:
-        >>> from ifn.render import procedural_face_model
+        >>> from ifn.facemodel import procedural_face_model
         >>> fm = procedural_face_model()
         >>> theta_s = torch.zeros(2, fm.n_shape); theta_e = torch.zeros(2, fm.n_expression)
         >>> fm.geometry(theta_s, theta_e).shape == (2, fm.n_vertices, 3)
@@ -351,7 +351,7 @@ def load_face_model(spec: str | os.PathLike[str]) -> FaceModel:
         FileNotFoundError: if ``spec`` is neither a built-in name nor an existing file.
     """
     if str(spec) == "procedural":
-        from ifn.render.procedural import procedural_face_model
+        from ifn.facemodel.procedural import procedural_face_model
 
         return procedural_face_model()
     path = Path(spec).expanduser()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ifn.data.real_faces import (
+from ifn.data.photos import (
     CACHE_VERSION,
     ImageReadError,
     cache_key,
@@ -21,7 +21,7 @@ from ifn.data.real_faces import (
     preprocess_file,
     read_image,
 )
-from ifn.render.face_region import FACE_OUTLINE, MOUTH_INTERIOR, points_in_polygon
+from ifn.facemodel.regions import FACE_OUTLINE, MOUTH_INTERIOR, points_in_polygon
 
 
 def _png_bytes(array: np.ndarray, **kwargs: object) -> bytes:

@@ -11,7 +11,7 @@ checkpoint, so a resumed run continues the stream where it stopped. Validation a
 sets are fixed θ drawn once from their own seeds (the same θ every run).
 
 Where the training θ come from is a swappable :class:`ParameterSource` (the prior by
-default; breeding plugs in a bred bank — see :mod:`ifn.callbacks.breeding`).
+default; breeding plugs in a bred bank — see :mod:`ifn.breeding.callback`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset, get_worker_info
 
 from ifn.data.priors import ParameterPrior
-from ifn.data.real_corpus import RealFaceCorpus
-from ifn.render.face_model import FaceModel, build_face_model
-from ifn.render.params import ParamLayout
+from ifn.data.corpus import RealFaceCorpus
+from ifn.facemodel.model import FaceModel, build_face_model
+from ifn.params import ParamLayout
 from ifn.render.renderer import FaceRenderer
 
 __all__ = [
@@ -123,7 +123,7 @@ class SyntheticFaceDataModule(L.LightningDataModule):
         augment: photometric augmentation of the training input with kornia.
         num_workers: DataLoader workers (θ are cheap: 0 keeps source swaps immediate).
         real_dir: folder of unlabelled real photos for breeding (see
-            :class:`~ifn.callbacks.breeding.BreedingCallback`).
+            :class:`~ifn.breeding.callback.BreedingCallback`).
         real_test_dir: folder of real photos evaluated by ``test`` (photometric error and
             IoU: there is no geometric ground truth) as a second test dataloader.
         predict_dir: folder of photos for ``predict`` (default: the synthetic test set).

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ifn.render.params import ParamLayout
+from ifn.params import ParamLayout
 
 
 def test_paper_layout_has_350_parameters():

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ifn.render.face_region import points_in_polygon
+from ifn.facemodel.regions import points_in_polygon
 
 __all__ = [
     "MODE_SIGMAS",

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ifn.render.face_region import FACE_OUTLINE, MOUTH_INTERIOR, face_region_mask, points_in_polygon, polygon_mask
+from ifn.facemodel.regions import FACE_OUTLINE, MOUTH_INTERIOR, face_region_mask, points_in_polygon, polygon_mask
 
 
 def test_outline_is_jaw_then_brows_backwards():

@@ -39,10 +39,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from ifn.data.synthetic import ParameterSource, PriorSource, SyntheticFaceDataModule, generator_for, to_network_input
+from ifn.data.datamodule import ParameterSource, PriorSource, SyntheticFaceDataModule, generator_for, to_network_input
 from ifn.models.metrics import photometric_error_per_image
 from ifn.render.illumination_fit import fit_illumination, relight
-from ifn.render.params import GROUPS, ParamLayout
+from ifn.params import GROUPS, ParamLayout
 from ifn.render.renderer import FaceRenderer
 
 __all__ = ["BredSource", "BreedingCallback", "BreedingNoise"]

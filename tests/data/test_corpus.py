@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ifn.data.landmarks import MediapipeLandmarks
-from ifn.data.real_corpus import RealFaceCorpus, list_images, split_files
+from ifn.data.corpus import RealFaceCorpus, list_images, split_files
 
 MULTI_FACE = {"annotated68/breakingbad.jpg": 2, "misc/emma.jpg": 3, "misc/trump_hillary.jpg": 2}
 

@@ -72,7 +72,7 @@ class ParamLayout:
 
     @classmethod
     def for_face_model(cls, face_model) -> ParamLayout:  # noqa: ANN001 (avoid an import cycle)
-        """The layout matching a :class:`~ifn.render.face_model.FaceModel`'s mode counts."""
+        """The layout matching a :class:`~ifn.facemodel.model.FaceModel`'s mode counts."""
         return cls(face_model.n_shape, face_model.n_expression, face_model.n_reflectance)
 
     @property

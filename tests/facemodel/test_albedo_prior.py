@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ifn.render.face_model import FaceModel
-from ifn.render.reflectance_prior import (
+from ifn.facemodel.model import FaceModel
+from ifn.facemodel.albedo_prior import (
     REGION_COLORS,
     REGIONS,
     build_reflectance_prior,

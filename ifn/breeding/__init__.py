@@ -1,0 +1,1 @@
+"""Breeding: bootstrap the synthetic training distribution from real photographs."""

@@ -48,6 +48,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ifn.facemodel.regions import NUM_LANDMARKS
+
 __all__ = [
     "MEDIAPIPE_IBUG_INDICES",
     "NUM_LANDMARKS",
@@ -64,9 +66,6 @@ __all__ = [
     "read_ljson",
     "read_pts",
 ]
-
-NUM_LANDMARKS = 68
-
 
 # --------------------------------------------------------------------------------------
 # Results

@@ -45,13 +45,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ifn.facemodel.regions import NUM_LANDMARKS
 from ifn.io import atomic_write
 
 __all__ = ["PAPER_SIZES", "ExpressionPrior", "FaceModel", "FaceModelMetadata", "build_face_model", "load_face_model"]
 
 FORMAT_NAME = "ifn-face-model"
 FORMAT_VERSION = 1
-NUM_LANDMARKS = 68
 #: The paper's mode counts (θs, θe, θr), used where a face model has that many.
 PAPER_SIZES = {"shape": 128, "expression": 64, "reflectance": 128}
 _ARRAY_KEYS = (

@@ -18,12 +18,15 @@ from torch import Tensor
 
 __all__ = [
     "FACE_OUTLINE",
+    "NUM_LANDMARKS",
     "MOUTH_INTERIOR",
     "face_region_mask",
     "points_in_polygon",
     "polygon_mask",
 ]
 
+#: Landmarks per face: the iBUG / Multi-PIE 68-point scheme, used by face models and detectors alike.
+NUM_LANDMARKS = 68
 #: Landmark indices of the face outline polygon: jaw left-to-right, then brows right-to-left.
 FACE_OUTLINE: tuple[int, ...] = tuple(range(0, 17)) + tuple(range(26, 16, -1))
 #: Landmark indices of the inner-lip polygon (the mouth interior).

@@ -1,9 +1,9 @@
-"""Real photographs → masked 240×240 face crops, the paper's input pre-processing (SPEC §6).
+"""Real photographs → masked 240×240 face crops, the network's input pre-processing.
 
 For each face: the bounding box of its 68 landmarks is scaled uniformly into the crop and
-centred (:func:`ifn.render.camera.framing_transform`, the rule the renderer frames synthetic
-faces with), the image is warped accordingly (bilinear, Gaussian pre-filter when
-downscaling), and everything outside :func:`ifn.facemodel.regions.face_region_mask` (jaw +
+centred (:func:`ifn.render.camera.framing_transform`, the same rule the renderer frames
+synthetic faces with, so real and rendered crops match), the image is warped accordingly
+(bilinear, Gaussian pre-filter when downscaling), and everything outside :func:`ifn.facemodel.regions.face_region_mask` (jaw +
 brows outline minus the inner-lip polygon) is set to exactly 0. The network's input shift
 ``x − 0.5`` is *not* applied here.
 
@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ifn.data.landmarks import Face, LandmarkDetector
+from ifn.data.landmarks import Face, LandmarkDetector, check_rgb_image
+from ifn.facemodel.regions import NUM_LANDMARKS, face_region_mask
 from ifn.io import atomic_write
 from ifn.render.camera import apply_framing, framing_transform
-from ifn.facemodel.regions import face_region_mask
 
 __all__ = [
     "CACHE_VERSION",
@@ -53,6 +53,7 @@ __all__ = [
     "load_crop",
     "preprocess_file",
     "read_image",
+    "resolve_cache_dir",
 ]
 
 #: Bump when the crop or cache layout changes: old cache files are then ignored.
@@ -60,6 +61,8 @@ CACHE_VERSION = 1
 #: Images with more pixels are refused by :func:`read_image` (≈ 3 GB as float32 RGB).
 DEFAULT_MAX_PIXELS = 250_000_000
 _CACHE_ENV = "IFN_CACHE_DIR"
+#: What reading a damaged or foreign ``.npz`` can raise: such a cache file counts as absent.
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError)
 
 
 class ImageReadError(OSError):
@@ -79,6 +82,16 @@ class ImageReadError(OSError):
 # --------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------
+
+
+def _read_bytes(path: str | os.PathLike[str], label: str | os.PathLike[str] | None = None) -> bytes:
+    """The file's content; an :class:`ImageReadError` naming ``label`` (default the path) if unreadable."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageReadError(
+            label if label is not None else path, f"cannot read file ({exc.strerror or exc})"
+        ) from None
 
 
 def _to_rgb_uint8(array: np.ndarray) -> np.ndarray:
@@ -161,13 +174,7 @@ def read_image(
     from PIL import Image, UnidentifiedImageError
 
     label = name or ("<bytes>" if isinstance(source, (bytes, bytearray)) else str(source))
-    if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            raise ImageReadError(label, f"cannot read file ({exc.strerror or exc})") from None
+    data = bytes(source) if isinstance(source, (bytes, bytearray)) else _read_bytes(source, label)
     if not data:
         raise ImageReadError(label, "empty file")
     try:
@@ -197,8 +204,8 @@ def read_image(
 
 @contextlib.contextmanager
 def _single_torch_thread() -> Iterator[None]:
-    """Run small tensor ops on one thread: with busy cores, OpenMP's 2-thread pool made the
-    240×240 polygon test ~10× slower here (413 ms vs 37 ms)."""
+    """Run small tensor ops on one thread: on busy cores, handing a 240×240 polygon test to
+    OpenMP's thread pool costs far more than the test itself."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -233,7 +240,9 @@ class FaceCrop:
 def crop_face(
     image: np.ndarray, landmarks: np.ndarray | Tensor, image_size: int = 240, margin: float = 0.0
 ) -> FaceCrop:
-    """Frame, warp and mask one face (SPEC §2 framing, §6 pre-processing).
+    """Frame, warp and mask one face: the landmarks' box is scaled uniformly to touch two
+    opposite sides of the ``S × S`` crop and centred (the renderer's framing rule), the image
+    is warped into it, and pixels outside the face region (or the image) are set to 0.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
@@ -243,6 +252,11 @@ def crop_face(
 
     Returns:
         The :class:`FaceCrop`.
+
+    Raises:
+        TypeError: ``image`` is not a numpy array.
+        ValueError: wrong image shape/dtype, landmarks not ``(68, 2)`` or not finite, or
+            ``image_size < 8``.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -255,11 +269,9 @@ def crop_face(
     """
     import cv2
 
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        shape = getattr(image, "shape", None)
-        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {shape} dtype {getattr(image, 'dtype', None)}")
+    check_rgb_image(image)
     lm = torch.as_tensor(np.asarray(landmarks, dtype=np.float64))
-    if lm.shape != (68, 2):
+    if lm.shape != (NUM_LANDMARKS, 2):
         raise ValueError(f"landmarks must have shape (68, 2), got {tuple(lm.shape)}")
     if not torch.isfinite(lm).all():
         raise ValueError("landmarks contain non-finite values")
@@ -310,6 +322,11 @@ def default_cache_dir() -> Path:
     """``$IFN_CACHE_DIR`` if set, else ``~/.cache/ifn/real_faces``."""
     env = os.environ.get(_CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ifn" / "real_faces"
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``cache_dir`` (``~`` expanded), or :func:`default_cache_dir` when ``None``."""
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
 def cache_key(content: bytes, settings: Mapping[str, Any]) -> str:
@@ -373,14 +390,14 @@ def _read_npz(path: Path, image_size: int) -> dict[str, np.ndarray] | None:
             if any(k not in npz.files for k in _NPZ_KEYS):
                 return None
             data = {k: npz[k] for k in _NPZ_KEYS}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):
+    except _NPZ_ERRORS:
         return None
     n = len(data["landmarks"])
     if (
         int(data["version"]) != CACHE_VERSION
         or data["crops"].shape != (n, 3, image_size, image_size)
         or data["masks"].shape != (n, image_size, image_size)
-        or data["landmarks"].shape != (n, 68, 2)
+        or data["landmarks"].shape != (n, NUM_LANDMARKS, 2)
     ):
         return None
     return data
@@ -423,10 +440,7 @@ def preprocess_file(
         ImageReadError: unreadable file (never cached, so a fixed file is picked up).
     """
     path = Path(path)
-    try:
-        content = path.read_bytes()
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from None
+    content = _read_bytes(path)
     settings = {
         "cache_version": CACHE_VERSION,
         "detector": detector.settings(),
@@ -435,8 +449,8 @@ def preprocess_file(
         "margin": float(margin),
     }
     key = cache_key(content, settings)
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    cache_file = root / key[:2] / f"{key}.npz"
+    # two-character fan-out keeps folders small for large corpora
+    cache_file = resolve_cache_dir(cache_dir) / key[:2] / f"{key}.npz"
     data = _read_npz(cache_file, image_size)
     if data is not None:
         reason = str(data["reason"]) or None
@@ -454,7 +468,7 @@ def preprocess_file(
         "reason": np.array(detection.reason or ""),
         "settings": np.array(json.dumps(settings, sort_keys=True, default=str)),
         "path": np.array(str(path)),
-        "landmarks": np.array([f.landmarks for f in faces], dtype=np.float64).reshape(n, 68, 2),
+        "landmarks": np.array([f.landmarks for f in faces], dtype=np.float64).reshape(n, NUM_LANDMARKS, 2),
         "boxes": np.array([f.box for f in faces], dtype=np.float64).reshape(n, 4),
         "scores": np.array([f.score for f in faces], dtype=np.float64).reshape(n),
         "sources": np.array([f.source for f in faces], dtype=str).reshape(n),
@@ -462,7 +476,7 @@ def preprocess_file(
             n, 3, s, s
         ),
         "masks": np.array([c.mask[0].numpy() > 0.5 for c in crops], dtype=bool).reshape(n, s, s),
-        "crop_landmarks": np.array([c.landmarks.numpy() for c in crops], dtype=np.float32).reshape(n, 68, 2),
+        "crop_landmarks": np.array([c.landmarks.numpy() for c in crops], dtype=np.float32).reshape(n, NUM_LANDMARKS, 2),
         "scales": np.array([c.scale for c in crops], dtype=np.float64).reshape(n),
         "offsets": np.array([c.offset for c in crops], dtype=np.float64).reshape(n, 2),
     }
@@ -490,7 +504,7 @@ def load_crop(cache_file: str | os.PathLike[str], face_index: int) -> FaceCrop:
             lm = npz["crop_landmarks"][face_index]
             scale = float(npz["scales"][face_index])
             offset = npz["offsets"][face_index]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except _NPZ_ERRORS as exc:
         raise FileNotFoundError(f"{path}: missing or incomplete face-crop cache file ({exc})") from None
     mask_t = torch.from_numpy(mask.astype(np.float32))[None]
     image_t = torch.from_numpy(crops.astype(np.float32) / 255.0) * mask_t

@@ -4,12 +4,13 @@ a stub detector that counts its calls (so cache tests need no real detector)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ifn.data.landmarks import Face, LandmarkDetector
+from ifn.data.landmarks import Face, LandmarkDetector, landmark_box
 
 FACES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "faces"
 
@@ -69,17 +70,26 @@ def template_landmarks(cx: float = 0.0, cy: float = 0.0, width: float = 2.0) -> 
 
 
 class StubDetector(LandmarkDetector):
-    """Finds one template face covering the middle of any image (or none for a flat image)."""
+    """Finds template faces in the middle of any image (none in a flat image).
+
+    By default ``faces_per_image`` faces, each smaller than the one before; with ``sizes``,
+    one centred face per size (the longer side of its landmark box, in pixels), returned in
+    that order, so a test knows the sizes the selection sorts and thresholds.
+    """
 
     name = "stub"
 
-    def __init__(self, faces_per_image: int = 1, **kwargs: object) -> None:
+    def __init__(self, faces_per_image: int = 1, sizes: Sequence[float] | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.faces_per_image = faces_per_image
+        self.sizes = tuple(float(v) for v in sizes) if sizes is not None else None
         self.seen_shapes: list[tuple[int, ...]] = []
 
     def options(self) -> dict[str, object]:
-        return {"faces_per_image": self.faces_per_image}
+        opts: dict[str, object] = {"faces_per_image": self.faces_per_image}
+        if self.sizes is not None:
+            opts["sizes"] = list(self.sizes)
+        return opts
 
     def _detect(self, image: np.ndarray | None, path: Path | None) -> list[Face]:
         assert image is not None
@@ -87,11 +97,16 @@ class StubDetector(LandmarkDetector):
         if image.std() == 0:
             return []
         h, w = image.shape[:2]
+        if self.sizes is not None:  # the template's jaw width is the longer side of its box
+            return [
+                Face(lm, landmark_box(lm), 0.9, "stub")
+                for lm in (template_landmarks(w / 2, h / 2, v) for v in self.sizes)
+            ]
         faces = []
         for k in range(self.faces_per_image):
             size = 0.5 * min(h, w) / (k + 1)
             lm = template_landmarks(w / 2 + k * 0.1 * w, h / 2, size)
-            faces.append(Face(lm, np.concatenate([lm.min(0), lm.max(0)]), 0.9, "stub"))
+            faces.append(Face(lm, landmark_box(lm), 0.9, "stub"))
         return faces
 
 

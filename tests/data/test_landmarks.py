@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -11,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from ifn.data import landmarks as lmk
 from ifn.data.landmarks import (
     MEDIAPIPE_IBUG_INDICES,
+    NUM_LANDMARKS,
     AnnotationLandmarks,
     Detection,
     Face,
@@ -26,7 +28,9 @@ from ifn.data.landmarks import (
     read_ljson,
     read_pts,
 )
+from ifn.data.landmarks import face_alignment as fa_module
 from ifn.data.photos import read_image
+from ifn.facemodel import regions
 
 # ----------------------------------------------------------------------------- annotations
 
@@ -105,11 +109,72 @@ def test_select_largest_only_and_min_face_size() -> None:
     assert out.faces == [] and out.dropped_small == 3 and "min_face_size" in out.reason
 
 
+def test_select_orders_largest_first_and_keeps_the_face_objects() -> None:
+    small, big, mid, tie = _face(30), _face(100, 200), _face(60, 400), _face(60, 600)
+    out = make_detector("annotation").select(Detection(faces=[small, mid, big, tie]))
+    assert [f.size for f in out.faces] == [100.0, 60.0, 60.0, 30.0]
+    assert out.faces[0] is big and out.faces[1] is mid and out.faces[2] is tie  # ties keep their order
+    assert (out.dropped_small, out.dropped_extra, out.reason) == (0, 0, None)
+    # a face exactly at min_face_size is kept
+    out = make_detector("annotation", min_face_size=60).select(Detection(faces=[small, mid, big, tie]))
+    assert [f.size for f in out.faces] == [100.0, 60.0, 60.0] and out.dropped_small == 1
+
+
+def test_select_arguments_override_the_detector_settings() -> None:
+    raw = Detection(faces=[_face(30), _face(100, 200), _face(60, 400)])
+    det = make_detector("annotation", largest_only=True, min_face_size=500)
+    out = det.select(raw, largest_only=False, min_face_size=40)
+    assert [f.size for f in out.faces] == [100.0, 60.0] and (out.dropped_small, out.dropped_extra) == (1, 0)
+    out = det.select(raw, min_face_size=0)  # largest_only from the detector
+    assert [f.size for f in out.faces] == [100.0] and (out.dropped_small, out.dropped_extra) == (0, 2)
+    assert det.select(Detection(reason="no face detected")).reason == "no face detected"
+
+
+def test_num_landmarks_has_one_definition() -> None:
+    assert NUM_LANDMARKS is regions.NUM_LANDMARKS == 68
+
+
+def test_importing_the_package_loads_no_detector_backend() -> None:
+    """The heavy detector dependencies load only with their own module, on first use."""
+    code = (
+        "import sys\n"
+        "import ifn.data.landmarks as lmk, ifn.data.photos, ifn.data.corpus\n"
+        "heavy = ('mediapipe', 'face_alignment', 'cv2', 'ifn.data.landmarks.mediapipe',"
+        " 'ifn.data.landmarks.face_alignment')\n"
+        "assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules]\n"
+        "det = lmk.make_detector('mediapipe')\n"
+        "assert type(det).__module__ == 'ifn.data.landmarks.mediapipe'\n"
+        "assert 'mediapipe' not in sys.modules and 'face_alignment' not in sys.modules\n"
+        "assert 'ifn.data.landmarks.face_alignment' not in sys.modules\n"
+        "from ifn.data.landmarks import FaceAlignmentLandmarks, mediapipe_to_ibug68\n"
+        "assert 'face_alignment' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    repo = Path(__file__).resolve().parents[2]  # import this checkout's ifn, wherever pytest was started
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, check=False, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_public_names_are_importable_from_the_package() -> None:
+    import ifn.data.landmarks as package
+
+    for name in package.__all__:
+        assert getattr(package, name) is not None, name
+    assert package.MediapipeLandmarks is MediapipeLandmarks and package.FaceAlignmentLandmarks is FaceAlignmentLandmarks
+    with pytest.raises(AttributeError, match="no_such_name"):
+        package.no_such_name  # noqa: B018
+
+
 def test_make_detector_errors() -> None:
     with pytest.raises(ValueError, match="unknown detector"):
         make_detector("nope")
     det = AnnotationLandmarks()
     assert make_detector(det) is det
+    assert type(make_detector("mediapipe", max_faces=2)) is MediapipeLandmarks
+    assert make_detector("annotation", largest_only=True).largest_only
     with pytest.raises(ValueError, match="instance"):
         make_detector(det, largest_only=True)
     with pytest.raises(ValueError, match="min_face_size"):
@@ -158,11 +223,8 @@ def test_mediapipe_mapping_shape_check() -> None:
 
 
 def test_mediapipe_nme_against_annotated68(faces_dir: Path, mediapipe_detector: MediapipeLandmarks) -> None:
-    """68-point NME (inter-ocular) of FaceMesh → iBUG on the 4 annotated faces.
-
-    Measured (in-sample, the jaw mapping was fitted on these faces; leave-one-out jaw ≈ 12 %):
-    without jaw 5.6 %, jaw 10.3 % (usual jaw vertices: 15.8 %), all 6.8 %.
-    """
+    """68-point NME (inter-ocular) of FaceMesh → iBUG on the 4 annotated faces, and the re-fitted
+    jaw beats FaceMesh's usual jaw vertices (in-sample: the jaw mapping was fitted on these faces)."""
     ann = AnnotationLandmarks()
     rows, usual_jaw = [], []
     for image_path in sorted((faces_dir / "annotated68").iterdir()):
@@ -240,7 +302,7 @@ def stand_in_fan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     import face_alignment.utils as fa_utils
 
     monkeypatch.setattr(fa_api, "FAN", _StandInFAN)
-    # numba's first compilation of the heatmap decoding takes ~8 s; run the same code as Python
+    # numba's first compilation of the heatmap decoding dwarfs the test; run the same code as Python
     monkeypatch.setattr(fa_utils, "_get_preds_fromhm", fa_utils._get_preds_fromhm.py_func)
     monkeypatch.setattr(fa_utils, "transform_np", fa_utils.transform_np.py_func)
     path = tmp_path / "weights" / "2DFAN4-11f355bf06.pth.tar"
@@ -299,7 +361,7 @@ def test_face_alignment_offline_without_weights_names_the_files(
     def offline(url: str, dest: Path) -> None:
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(lmk, "_download", offline)
+    monkeypatch.setattr(fa_module, "_download", offline)
     with pytest.raises(MissingWeightsError, match="2DFAN4-11f355bf06.pth.tar") as info:
         FaceAlignmentLandmarks(face_detector="sfd")
     message = str(info.value)
@@ -307,5 +369,8 @@ def test_face_alignment_offline_without_weights_names_the_files(
     assert "fan_weights=" in message and str(tmp_path / "empty_hub" / "checkpoints") in message
     with pytest.raises(MissingWeightsError, match=r"fan_weights='/nonexistent/fan.pth'"):
         FaceAlignmentLandmarks(fan_weights="/nonexistent/fan.pth")
+    for name in ("face_alignment", "fan"):  # both names reach the same class
+        with pytest.raises(MissingWeightsError, match="download disabled"):
+            make_detector(name, download=False)
     with pytest.raises(ValueError, match="face_detector"):
         FaceAlignmentLandmarks(face_detector="dlib")

@@ -20,6 +20,7 @@ from ifn.data.photos import (
     load_crop,
     preprocess_file,
     read_image,
+    resolve_cache_dir,
 )
 from ifn.facemodel.regions import FACE_OUTLINE, MOUTH_INTERIOR, points_in_polygon
 
@@ -177,6 +178,10 @@ def test_crop_input_checks(template: Callable[..., np.ndarray]) -> None:
     lm = template(50.0, 50.0, 40.0)
     with pytest.raises(ValueError, match=r"\(100, 100\)"):
         crop_face(np.zeros((100, 100), np.uint8), lm)
+    with pytest.raises(ValueError, match="float32"):
+        crop_face(np.zeros((100, 100, 3), np.float32), lm)
+    with pytest.raises(TypeError, match="numpy array"):
+        crop_face(np.zeros((100, 100, 3), np.uint8).tolist(), lm)
     with pytest.raises(ValueError, match=r"\(5, 2\)"):
         crop_face(np.zeros((100, 100, 3), np.uint8), lm[:5])
     bad = lm.copy()
@@ -263,5 +268,8 @@ def test_default_cache_dir_and_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert default_cache_dir() == tmp_path / "x"
     monkeypatch.delenv("IFN_CACHE_DIR")
     assert default_cache_dir() == Path.home() / ".cache" / "ifn" / "real_faces"
+    assert resolve_cache_dir() == resolve_cache_dir(None) == default_cache_dir()
+    assert resolve_cache_dir("~/faces") == Path.home() / "faces"
+    assert resolve_cache_dir(tmp_path) == tmp_path
     assert cache_key(b"a", {"s": 1}) == cache_key(b"a", {"s": 1})
     assert len({cache_key(b"a", {"s": 1}), cache_key(b"b", {"s": 1}), cache_key(b"a", {"s": 2})}) == 3

@@ -1,4 +1,4 @@
-"""A corpus of real, unlabelled face photographs as masked 240×240 crops (SPEC §5, §6).
+"""A corpus of real, unlabelled face photographs as masked 240×240 crops, one item per face.
 
 :class:`RealFaceCorpus` walks a folder tree once, detects the faces of every image (cached
 on disk by :func:`ifn.data.photos.preprocess_file`, so later constructions do not run
@@ -22,13 +22,18 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from ifn.data.landmarks import Face, LandmarkDetector, make_detector
-from ifn.data.photos import ImageReadError, default_cache_dir, load_crop, preprocess_file
+from ifn.data.landmarks import Detection, LandmarkDetector, make_detector
+from ifn.data.photos import ImageReadError, ProcessedImage, load_crop, preprocess_file, resolve_cache_dir
 
 __all__ = ["IMAGE_EXTENSIONS", "RealFaceCorpus", "list_images", "split_files"]
 
 #: File extensions taken as images (case-insensitive); the content decides how to decode.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _sorted_unique(files: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Distinct paths in a platform-independent order, so splits and item order are reproducible."""
+    return sorted({Path(f) for f in files}, key=lambda p: p.as_posix())
 
 
 def list_images(root: str | os.PathLike[str], extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
@@ -71,7 +76,7 @@ def split_files(
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    ordered = sorted({Path(f) for f in files}, key=lambda p: p.as_posix())
+    ordered = _sorted_unique(files)
     rng = random.Random(seed)
     shuffled = ordered[:]
     rng.shuffle(shuffled)
@@ -109,9 +114,10 @@ class RealFaceCorpus(Dataset):
         root: folder scanned recursively for :data:`IMAGE_EXTENSIONS` (any case). May be
             ``None`` when ``files`` is given.
         detector: ``"mediapipe"`` (default, offline), ``"annotation"``, ``"face_alignment"``,
-            or a :class:`~ifn.data.landmarks.LandmarkDetector`. The corpus applies
-            ``largest_only`` / ``min_face_size`` itself, so a detector instance's own
-            filters are ignored (its raw detections are cached).
+            or a :class:`~ifn.data.landmarks.LandmarkDetector`. Its raw detections are
+            cached, then selected by its :meth:`~ifn.data.landmarks.LandmarkDetector.select`
+            with the corpus's ``largest_only`` / ``min_face_size`` (an instance's own filter
+            settings are not used).
         cache_dir: cache folder; default ``$IFN_CACHE_DIR`` or ``~/.cache/ifn/real_faces``.
         image_size: crop side (the network input, 240 in the paper).
         largest_only: one face per image, the largest.
@@ -157,7 +163,7 @@ class RealFaceCorpus(Dataset):
         self.margin = float(margin)
         self.largest_only = bool(largest_only)
         self.min_face_size = float(min_face_size)
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.cache_dir = resolve_cache_dir(cache_dir)
         owns_detector = not isinstance(detector, LandmarkDetector)
         self.detector = make_detector(detector, **(detector_options or {}))
         self.ignored_files = 0
@@ -166,22 +172,24 @@ class RealFaceCorpus(Dataset):
             paths = list_images(self.root)
             self.ignored_files = sum(1 for p in self.root.rglob("*") if p.is_file()) - len(paths)
         else:
-            paths = sorted({Path(f) for f in files}, key=lambda p: p.as_posix())
+            paths = _sorted_unique(files)
         self._records = self._scan(paths, progress)
         if owns_detector:
             self.detector.close()
         self._items = self._index(self._records)
 
     # -- construction ----------------------------------------------------------------------
-    def _select(self, faces: list[Face]) -> tuple[tuple[int, ...], int, int]:
-        order = sorted(range(len(faces)), key=lambda k: -faces[k].size)
-        big = [k for k in order if faces[k].size >= self.min_face_size]
-        dropped_small = len(order) - len(big)
-        dropped_extra = 0
-        if self.largest_only and len(big) > 1:
-            dropped_extra = len(big) - 1
-            big = big[:1]
-        return tuple(big), dropped_small, dropped_extra
+    def _select(self, result: ProcessedImage) -> tuple[tuple[int, ...], Detection]:
+        """The corpus's ``largest_only`` / ``min_face_size`` applied by the detector's own
+        :meth:`~ifn.data.landmarks.LandmarkDetector.select`, with the kept faces as indices
+        into the cached faces (what :func:`~ifn.data.photos.load_crop` takes)."""
+        selected = self.detector.select(
+            Detection(faces=result.faces, reason=result.reason),
+            largest_only=self.largest_only,
+            min_face_size=self.min_face_size,
+        )
+        index = {id(face): k for k, face in enumerate(result.faces)}  # select returns the same objects
+        return tuple(index[id(face)] for face in selected.faces), selected
 
     def _scan(self, paths: list[Path], progress: bool) -> list[_FileRecord]:
         from tqdm.auto import tqdm
@@ -202,14 +210,14 @@ class RealFaceCorpus(Dataset):
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop a corpus
                 records.append(_FileRecord(path, reason=f"{type(exc).__name__}: {exc}", kind="error"))
                 continue
-            kept, small, extra = self._select(result.faces)
+            kept, selected = self._select(result)
             record = _FileRecord(
                 path,
                 cache_file=result.cache_file,
                 faces=kept,
                 detected=len(result.faces),
-                dropped_small=small,
-                dropped_extra=extra,
+                dropped_small=selected.dropped_small,
+                dropped_extra=selected.dropped_extra,
                 cached=result.cached,
             )
             if not result.faces:
@@ -217,7 +225,7 @@ class RealFaceCorpus(Dataset):
             elif not kept:
                 record = replace(
                     record,
-                    reason=f"{small} face(s) smaller than min_face_size={self.min_face_size:g} px",
+                    reason=f"{selected.dropped_small} face(s) smaller than min_face_size={self.min_face_size:g} px",
                     kind="too_small",
                 )
             records.append(record)

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ifn.data.landmarks import MediapipeLandmarks
 from ifn.data.corpus import RealFaceCorpus, list_images, split_files
+from ifn.data.landmarks import MediapipeLandmarks
+from ifn.data.photos import load_crop
 
 MULTI_FACE = {"annotated68/breakingbad.jpg": 2, "misc/emma.jpg": 3, "misc/trump_hillary.jpg": 2}
 
@@ -151,3 +152,92 @@ def test_constructor_checks(tmp_path: Path) -> None:
         RealFaceCorpus(tmp_path, min_face_size=-1)
     empty = RealFaceCorpus(tmp_path, cache_dir=tmp_path / "c", progress=False)
     assert len(empty) == 0 and empty.summary()["found_images"] == 0
+
+
+# ----------------------------------------------------------------------------- face selection
+
+
+SIZES = (40.0, 120.0, 80.0, 30.0)  # out of order on purpose
+
+
+@pytest.fixture()
+def sized_photos(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    (root / "b").mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    for name in ("a.png", "b/c.png"):
+        Image.fromarray(rng.integers(0, 255, (300, 320, 3), dtype=np.uint8)).save(root / name)
+    return root
+
+
+def _kept_sizes(corpus: RealFaceCorpus) -> list[tuple[str, int, float]]:
+    """(file, face_index, face size) of every item; the size is read back from the crop's scale."""
+    return [
+        (Path(item.path).name, item.face_index, round(240.0 / load_crop(item.cache_file, item.face_index).scale, 6))
+        for item in corpus._items
+    ]
+
+
+@pytest.mark.parametrize(
+    ("largest_only", "min_face_size", "kept", "dropped"),
+    [
+        (False, 0.0, [0, 1, 2, 3], (0, 0)),
+        (False, 50.0, [0, 1], (2, 0)),
+        (False, 80.0, [0, 1], (2, 0)),  # a face exactly at the threshold is kept
+        (True, 0.0, [0], (0, 3)),
+        (True, 50.0, [0], (2, 1)),
+    ],
+)
+def test_corpus_selects_faces_like_the_detector(
+    sized_photos: Path,
+    tmp_path: Path,
+    stub_cls: type,
+    largest_only: bool,
+    min_face_size: float,
+    kept: list[int],
+    dropped: tuple[int, int],
+) -> None:
+    # the instance's own filters must not matter: the corpus's settings are applied
+    detector = stub_cls(sizes=SIZES, largest_only=not largest_only, min_face_size=1000)
+    corpus = RealFaceCorpus(
+        sized_photos,
+        detector=detector,
+        cache_dir=tmp_path / "cache",
+        largest_only=largest_only,
+        min_face_size=min_face_size,
+        progress=False,
+    )
+    by_size = sorted(SIZES, reverse=True)  # face_index numbers the faces largest first
+    expected = [(name, k, by_size[k]) for name in ("a.png", "c.png") for k in kept]
+    assert _kept_sizes(corpus) == expected
+    assert [p.split("/")[-1] for p in corpus.paths] == [name for name, _, _ in expected]
+    s = corpus.summary()
+    assert (s["faces"], s["faces_detected"]) == (2 * len(kept), 2 * len(SIZES))
+    assert (s["dropped_small_faces"], s["dropped_extra_faces"]) == (2 * dropped[0], 2 * dropped[1])
+    assert corpus.report()["faces_per_image"]["b/c.png"] == {
+        "kept": len(kept),
+        "detected": len(SIZES),
+        "dropped_small": dropped[0],
+        "dropped_extra": dropped[1],
+    }
+    # one implementation: the same faces as the detector's own selection of a fresh detection
+    image = np.asarray(Image.open(sized_photos / "a.png"))
+    direct = detector.select(detector.detect_raw(image), largest_only=largest_only, min_face_size=min_face_size)
+    assert [f.size for f in direct.faces] == pytest.approx([size for _, _, size in expected[: len(kept)]])
+
+
+def test_corpus_all_faces_too_small(sized_photos: Path, tmp_path: Path, stub_cls: type) -> None:
+    detector = stub_cls(sizes=SIZES)
+    corpus = RealFaceCorpus(
+        sized_photos, detector=detector, cache_dir=tmp_path / "c", min_face_size=500, progress=False
+    )
+    assert len(corpus) == 0 and detector.calls == 2
+    assert corpus.skipped() == [
+        {"path": name, "kind": "too_small", "reason": "4 face(s) smaller than min_face_size=500 px"}
+        for name in ("a.png", "b/c.png")
+    ]
+    # selected again from the cache, with other settings: no detection, same faces
+    again = RealFaceCorpus(sized_photos, detector=detector, cache_dir=tmp_path / "c", min_face_size=35, progress=False)
+    assert detector.calls == 2 and again.summary()["cache_hits"] == 2
+    expected = [(name, k, size) for name in ("a.png", "c.png") for k, size in enumerate((120.0, 80.0, 40.0))]
+    assert _kept_sizes(again) == expected

@@ -75,15 +75,16 @@ def main() -> None:
 
     from ifn.data.datamodule import SyntheticFaceDataModule
     from ifn.models.inverse_face_net import InverseFaceNet
+    from ifn.render.settings import RenderSettings
 
     device = torch.device(args.device)
-    sizes = {"n_shape": args.n_shape, "n_expression": args.n_expression, "n_reflectance": args.n_reflectance}
-    render_settings = {"face_model": args.face_model, "image_size": args.size, "backend": args.backend, **sizes}
-    datamodule = SyntheticFaceDataModule(
-        **render_settings, batch_size=args.batch, val_size=0, test_size=0, seed=args.seed
+    render = RenderSettings(
+        face_model=args.face_model, n_shape=args.n_shape, n_expression=args.n_expression,
+        n_reflectance=args.n_reflectance, image_size=args.size, backend=args.backend,
     )
-    # The same data → model links as the CLI (ifn.lightning_cli.LINKED_ARGUMENTS).
-    model = InverseFaceNet(**render_settings, backbone=args.backbone, pretrained=False).to(device)
+    datamodule = SyntheticFaceDataModule(render=render, batch_size=args.batch, val_size=0, test_size=0, seed=args.seed)
+    # As in the CLI: the model is handed the DataModule's renderer.
+    model = InverseFaceNet(datamodule.renderer, backbone=args.backbone, pretrained=False).to(device)
     model.train()
     if args.optimizer == "adam":
         optimizer = torch.optim.Adam(model.net.parameters(), lr=1e-3)
@@ -118,7 +119,7 @@ def main() -> None:
     mean = {key: statistics.fmean(values) for key, values in timings.items()}
     out = {
         "benchmark": "train_step",
-        "face_model": datamodule.face_model.name,
+        "face_model": datamodule.renderer.face_model.name,
         "theta_size": datamodule.layout.size,
         "backend": datamodule.renderer.rasterizer(device).name,
         "backbone": args.backbone,

@@ -57,6 +57,7 @@ def _summary(model) -> dict:  # noqa: ANN001
     meta = model.metadata
     return {
         "name": meta.name,
+        "sha256": model.sha256,
         "vertices": model.n_vertices,
         "face_triangles": int(model.face_triangles.shape[0]),
         "shape_modes": model.n_shape,
@@ -73,13 +74,22 @@ def _summary(model) -> dict:  # noqa: ANN001
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ifn`` console script."""
+    """Entry point of the ``ifn`` console script.
+
+    Errors that are the user's to fix (:class:`~ifn.errors.UsageError`) are printed as one
+    line on stderr, with exit status 2, instead of a traceback.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "facemodel":
         return _facemodel_main(args[1:])
+    from ifn.errors import UsageError
     from ifn.lightning_cli import run_lightning_cli
 
-    run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
+    try:
+        run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
+    except UsageError as err:
+        print(f"ifn: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

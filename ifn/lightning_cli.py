@@ -1,7 +1,8 @@
 """LightningCLI for ``ifn fit|validate|test|predict`` (omegaconf interpolation enabled).
 
-The data config is the single source of truth for the face model and render settings;
-they are linked into the model so the two can never disagree.
+The face model and render settings are one node, ``data.render``. The DataModule builds
+the renderer from it, and the LightningModule is handed that same renderer when both are
+instantiated, so the two can never disagree.
 """
 
 from __future__ import annotations
@@ -19,30 +20,17 @@ from ifn.models.inverse_face_net import InverseFaceNet
 
 __all__ = ["IFNLightningCLI", "run_lightning_cli"]
 
-#: DataModule arguments copied into the model.
-LINKED_ARGUMENTS: tuple[str, ...] = (
-    "face_model",
-    "n_shape",
-    "n_expression",
-    "n_reflectance",
-    "image_size",
-    "camera_distance",
-    "backend",
-)
-
 
 class IFNLightningCLI(LightningCLI):
-    """LightningCLI with the data → model links and the test-metrics file."""
+    """LightningCLI with the data → model renderer hand-over and the ifn callbacks."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for key in LINKED_ARGUMENTS:
-            parser.link_arguments(f"data.{key}", f"model.{key}")
+        parser.link_arguments("data.renderer", "model.renderer", apply_on="instantiate")
         parser.add_lightning_class_args(TestMetricsWriter, "test_metrics")
         parser.add_lightning_class_args(ThetaJSONWriter, "predictions")
         # Breeding is always wired in but off (0 rounds) unless a config turns it on, so the
         # synthetic-only ablation of a breeding config is just `--breeding.rounds 0`.
         parser.add_lightning_class_args(BreedingCallback, "breeding")
-        parser.set_defaults({"breeding.rounds": 0})
 
     def instantiate_trainer(self, **kwargs):  # noqa: ANN003, ANN201
         trainer = super().instantiate_trainer(**kwargs)

@@ -9,7 +9,7 @@ whose ``test_metrics.json`` exists is not repeated, so an interrupted ablation r
     python scripts/split_faces.py ../shared/data/faces /tmp/faces_split
     python scripts/breeding_ablation.py --train /tmp/faces_split/train \\
         --heldout /tmp/faces_split/heldout --seeds 0 1 2 --parallel 1
-    # extra arguments go to every `ifn fit` / `ifn test`, e.g. --data.backend torch
+    # extra arguments go to every `ifn fit` / `ifn test`, e.g. --data.render.backend torch
 
 About 15 minutes per run on 2 CPU cores with configs/quickstart_breeding.yaml; on a GPU
 several runs fit side by side (``--parallel``).
@@ -42,7 +42,7 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace, extra: list[s
     if result.is_file():
         return json.loads(result.read_text())
     common = [
-        "--config", str(args.config),
+        *(a for config in args.config for a in ("--config", str(config))),
         "--trainer.default_root_dir", str(root),
         "--seed_everything", str(seed),
         "--data.seed", str(seed),
@@ -54,9 +54,9 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace, extra: list[s
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "ablation.log", "w") as log:
         for command in (
-            _ifn("fit", *common, "--data.real_dir", str(args.train)),
+            _ifn("fit", *common, "--data.photos.train_dir", str(args.train)),
             _ifn("test", *common, "--ckpt_path", str(root / "checkpoints" / "last.ckpt"),
-                 "--data.real_test_dir", str(args.heldout)),
+                 "--data.photos.test_dir", str(args.heldout)),
         ):  # fmt: skip
             log.write("$ " + " ".join(command) + "\n")
             log.flush()
@@ -96,9 +96,13 @@ def summarise(runs: dict[str, dict[int, dict[str, float]]]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=Path, required=True, help="photos to breed from (data.real_dir)")
-    parser.add_argument("--heldout", type=Path, required=True, help="photos to test on (data.real_test_dir)")
-    parser.add_argument("--config", type=Path, default=Path("configs/quickstart_breeding.yaml"))
+    parser.add_argument("--train", type=Path, required=True, help="photos to breed from (data.photos.train_dir)")
+    parser.add_argument("--heldout", type=Path, required=True, help="photos to test on (data.photos.test_dir)")
+    parser.add_argument(
+        "--config", type=Path, nargs="+",
+        default=[Path("configs/quickstart.yaml"), Path("configs/quickstart_breeding.yaml")],
+        help="config files, applied in order (default: the quickstart and its breeding overlay)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", type=Path, default=Path("runs/breeding_ablation"))
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time")

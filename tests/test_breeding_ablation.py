@@ -52,10 +52,10 @@ def test_tiny_ablation_end_to_end(tmp_path, run, shared_data):
         os.symlink(shared_data / "faces" / "annotated68" / name, photos / name)
     tiny = [
         "--trainer.accelerator=cpu", "--trainer.max_steps=3", "--trainer.enable_model_summary=false",
-        "--model.backbone=mobilenetv3_small_050", "--data.image_size=32", "--data.n_shape=3",
-        "--data.n_expression=2", "--data.n_reflectance=3", "--data.batch_size=4", "--data.batches_per_epoch=2",
-        "--data.val_size=4", "--data.test_size=4", "--data.backend=torch", "--data.real_detector=annotation",
-        f"--data.real_cache_dir={tmp_path / 'cache'}", "--breeding.start_step=1", "--breeding.every_n_steps=1",
+        "--model.backbone=mobilenetv3_small_050", "--data.render.image_size=32", "--data.render.n_shape=3",
+        "--data.render.n_expression=2", "--data.render.n_reflectance=3", "--data.batch_size=4", "--data.batches_per_epoch=2",
+        "--data.val_size=4", "--data.test_size=4", "--data.render.backend=torch", "--data.photos.detector=annotation",
+        f"--data.photos.cache_dir={tmp_path / 'cache'}", "--breeding.start_step=1", "--breeding.every_n_steps=1",
         "--breeding.rounds=2",
     ]  # fmt: skip
     command = [sys.executable, str(SCRIPT), "--train", str(photos), "--heldout", str(photos), "--seeds", "0",

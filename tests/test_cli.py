@@ -23,11 +23,14 @@ import yaml
 from ifn.cli import main
 from ifn.lightning_cli import run_lightning_cli
 from ifn.models.inverse_face_net import InverseFaceNet
+from ifn.render.settings import RenderSettings
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 QUICKSTART = CONFIGS / "quickstart.yaml"
 PAPER = CONFIGS / "paper.yaml"
+#: Overlays on one main config (used as ``--config MAIN --config OVERLAY``).
+OVERLAY_BASES = {"breeding.yaml": (PAPER,), "quickstart_breeding.yaml": (QUICKSTART,)}
 SWEEP = CONFIGS / "sweeps" / "loss_weights.yaml"
 OVERLAY_DIRS = ("experiment", "logger")  # applied on top of a main config
 
@@ -39,19 +42,19 @@ SMALL_RUN = [
     "--trainer.enable_model_summary=false",
     "--trainer.log_every_n_steps=1",
     "--model.backbone=mobilenetv3_small_050",
-    "--data.face_model=procedural",
-    "--data.image_size=32",
-    "--data.n_shape=3",
-    "--data.n_expression=2",
-    "--data.n_reflectance=3",
+    "--data.render.face_model=procedural",
+    "--data.render.image_size=32",
+    "--data.render.n_shape=3",
+    "--data.render.n_expression=2",
+    "--data.render.n_reflectance=3",
     "--data.batch_size=4",
     "--data.batches_per_epoch=2",
     "--data.val_size=8",
     "--data.test_size=8",
-    "--data.backend=torch",
+    "--data.render.backend=torch",
 ]
 
-#: Everything ``ifn test`` must report (SPEC §7, for the network and the mean-face reference).
+#: Everything ``ifn test`` must report (the paper's metrics, for the network and the mean-face reference).
 REQUIRED_TEST_METRICS = [
     f"test/{name}{suffix}"
     for name in ("geometric_error_mm", "photometric_error", "iou")
@@ -113,13 +116,17 @@ def _assert_overlay_applied(overlay: Any, parsed: Any, where: str) -> None:
 
 @pytest.mark.parametrize("config", _config_files(), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_config_parses(capsys, config: Path):
-    files = [PAPER, config] if config.parent.name in OVERLAY_DIRS else [config]
+    if config.parent.name in OVERLAY_DIRS:
+        files = [PAPER, config]
+    else:
+        files = [*OVERLAY_BASES.get(config.name, ()), config]
     args = [a for f in files for a in ("--config", str(f))]
     parsed = print_config(capsys, *args)
     _assert_overlay_applied(yaml.safe_load(config.read_text()), parsed, config.name)  # the last file wins
-    # The data config is linked into the model: both sides always agree.
-    for key in ("face_model", "image_size", "backend"):
+    # Render settings exist once, under data.render: the model is handed the DataModule's renderer.
+    for key in ("face_model", "image_size", "backend", "render"):
         assert key not in (yaml.safe_load(config.read_text()).get("model") or {}), key
+        assert key == "render" or key not in (yaml.safe_load(config.read_text()).get("data") or {}), key
     assert parsed["model"]["backbone"]
 
 
@@ -161,9 +168,9 @@ def test_sweep_metric_is_logged_by_validation():
     # The sweep minimises a metric by name: it must be one that InverseFaceNet logs.
     sweep = yaml.safe_load(SWEEP.read_text())
     stage, name = sweep["metric"]["name"].split("/")
-    model = InverseFaceNet(backbone="mobilenetv3_small_050", n_shape=3, n_expression=2, n_reflectance=3,
-                           image_size=32, backend="torch")
-    assert stage == "val" and name in model.metrics["val"]
+    renderer = RenderSettings(n_shape=3, n_expression=2, n_reflectance=3, image_size=32, backend="torch").build_renderer()
+    model = InverseFaceNet(renderer, backbone="mobilenetv3_small_050")
+    assert stage == "val" and name in model.evaluators["val"].synthetic["network"]
 
 
 # --------------------------------------------------------------------------------- fit / test
@@ -222,7 +229,7 @@ def test_fit_resumes_step_and_theta_stream(tmp_path, monkeypatch):
 
     def training_step(self, batch, batch_idx):
         active.steps.append(int(self.global_step))
-        active.thetas.append(batch["theta"].detach().cpu().clone())
+        active.thetas.append(batch.theta.detach().cpu().clone())
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(InverseFaceNet, "training_step", training_step)

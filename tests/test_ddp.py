@@ -36,11 +36,11 @@ class ThetaProbe(L.Callback):
         self.train, self.val = [], []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.train.append(batch["theta"].detach().cpu().clone())
+        self.train.append(batch.theta.detach().cpu().clone())
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if not trainer.sanity_checking:
-            self.val.append(batch["theta"].detach().cpu().clone())
+            self.val.append(batch.theta.detach().cpu().clone())
 
     def on_fit_end(self, trainer, pl_module):
         os.makedirs(self.out_dir, exist_ok=True)
@@ -66,9 +66,9 @@ SMALL = [
     "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
     "--model.backbone=mobilenetv3_small_050",
-    "--data.image_size=32", "--data.n_shape=3", "--data.n_expression=2", "--data.n_reflectance=3",
+    "--data.render.image_size=32", "--data.render.n_shape=3", "--data.render.n_expression=2", "--data.render.n_reflectance=3",
     f"--data.batch_size={BATCH}", f"--data.batches_per_epoch={STEPS}",
-    f"--data.val_size={VAL_SIZE}", "--data.test_size=8", "--data.backend=torch",
+    f"--data.val_size={VAL_SIZE}", "--data.test_size=8", "--data.render.backend=torch",
 ]
 
 
@@ -124,10 +124,12 @@ def test_two_process_cpu_ddp_fit(ddp_fit: Path):
     val0, val1 = (torch.cat(record["val"]) for record in ranks)
     assert val0.shape[0] + val1.shape[0] == VAL_SIZE
     assert _rows_shared(val0, val1) == 0
-    from ifn.data.datamodule import STREAM_VAL, SyntheticFaceDataModule
+    from ifn.data.datamodule import SyntheticFaceDataModule
+    from ifn.data.sources import STREAM_VAL
+    from ifn.render.settings import RenderSettings
 
     reference = SyntheticFaceDataModule(
-        n_shape=3, n_expression=2, n_reflectance=3, image_size=32, backend="torch",
+        render=RenderSettings(n_shape=3, n_expression=2, n_reflectance=3, image_size=32, backend="torch"),
         batch_size=BATCH, val_size=VAL_SIZE, test_size=8, seed=0,
     ).fixed_parameters(STREAM_VAL)
     assert _rows_shared(torch.cat([val0, val1]), reference) == VAL_SIZE
@@ -146,8 +148,8 @@ def test_two_process_cpu_ddp_test_with_real_photos(ddp_fit: Path, shared_data: P
         sys.executable, "-m", "ifn.cli", "test", *SMALL,
         f"--trainer.default_root_dir={tmp_path / 'run'}",
         f"--ckpt_path={ddp_fit / 'run' / 'checkpoints' / 'last.ckpt'}",
-        f"--data.real_test_dir={photos}", "--data.real_detector=annotation",
-        f"--data.real_cache_dir={tmp_path / 'cache'}",
+        f"--data.photos.test_dir={photos}", "--data.photos.detector=annotation",
+        f"--data.photos.cache_dir={tmp_path / 'cache'}",
     ]
     result = run(command, tmp_path, _env(tmp_path), timeout=150)
     assert result.returncode == 0, result.stderr[-6000:]

@@ -70,8 +70,9 @@ class ThetaJSONWriter(BasePredictionWriter):
     ) -> None:
         directory = self._directory(trainer)
         theta = prediction["theta"]
-        meta = pl_module.hparams
-        root = getattr(trainer.datamodule, "real_dirs", {}).get("predict")
+        identity = pl_module.face_model.identity()
+        photos = getattr(trainer.datamodule, "photos", None)
+        root = photos.settings.predict_dir if photos is not None else None
         for i in range(theta.shape[0]):
             if "path" in prediction:
                 source = str(prediction["path"][i])
@@ -80,7 +81,8 @@ class ThetaJSONWriter(BasePredictionWriter):
             else:
                 index = batch_indices[i] if batch_indices is not None else batch_idx * theta.shape[0] + i
                 source, face, name = None, 0, f"synthetic_{int(index):06d}.json"
-            payload = {"image": source, "face_index": face, "face_model": meta.get("face_model"),
+            payload = {"image": source, "face_index": face, "face_model": identity.name,
+                       "face_model_sha256": identity.sha256,
                        **theta_to_dict(theta[i], pl_module.layout)}
             write_json_atomic(directory / name, payload)
             self.written += 1

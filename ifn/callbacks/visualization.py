@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 from kornia.morphology import dilation
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
@@ -77,10 +78,10 @@ class ImageGridLogger(L.Callback):
         directory = Path(trainer.log_dir or trainer.default_root_dir) / "images"
         if not trainer.is_global_zero:
             return
-        n = min(self.num_images, batch["input"].shape[0])
-        prediction = pl_module(batch["input"][:n])
+        n = min(self.num_images, len(batch))
+        prediction = pl_module(batch.input[:n])
         render = pl_module.renderer(prediction)
-        image, mask = batch["image"][:n], batch["mask"][:n]
+        image, mask = batch.image[:n], batch.mask[:n]
         rows = torch.cat([image, render.image, overlay(image, render.image, mask, render.mask)])
         grid = make_grid(rows.float().cpu(), nrow=n, padding=2)
         self._write(trainer, grid, directory)
@@ -90,8 +91,7 @@ class ImageGridLogger(L.Callback):
         directory.mkdir(parents=True, exist_ok=True)
         save_image(grid, directory / f"val_step{step:07d}.png")
         for logger in trainer.loggers:
-            name = type(logger).__name__
-            if name == "TensorBoardLogger":
+            if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("val/reconstructions", grid, global_step=step)
-            elif name == "WandbLogger":
+            elif isinstance(logger, WandbLogger):
                 logger.log_image(key="val/reconstructions", images=[grid], step=step)

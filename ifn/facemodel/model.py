@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -48,7 +49,15 @@ from torch import Tensor, nn
 from ifn.facemodel.regions import NUM_LANDMARKS
 from ifn.io import atomic_write
 
-__all__ = ["PAPER_SIZES", "ExpressionPrior", "FaceModel", "FaceModelMetadata", "build_face_model", "load_face_model"]
+__all__ = [
+    "PAPER_SIZES",
+    "ExpressionPrior",
+    "FaceModel",
+    "FaceModelIdentity",
+    "FaceModelMetadata",
+    "build_face_model",
+    "load_face_model",
+]
 
 FORMAT_NAME = "ifn-face-model"
 FORMAT_VERSION = 1
@@ -121,6 +130,36 @@ class FaceModelMetadata:
         data["expression_prior"] = ExpressionPrior(**data.get("expression_prior", {}))
         data["expression_names"] = tuple(data.get("expression_names", ()))
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class FaceModelIdentity:
+    """What makes θ mean the same thing: the face model's content and mode counts.
+
+    Attributes:
+        name: metadata name (for messages only: two models are the same if their hashes are).
+        sha256: :attr:`FaceModel.sha256` of the (possibly truncated) model.
+        n_shape: K_s.
+        n_expression: K_e.
+        n_reflectance: K_r.
+    """
+
+    name: str
+    sha256: str
+    n_shape: int
+    n_expression: int
+    n_reflectance: int
+
+    def describe(self) -> str:
+        """One line for error messages, e.g. ``'ict-facekit' (sha256 1a2b3c4d5e6f, 100/26/15 modes)``."""
+        return f"{self.name!r} (sha256 {self.sha256[:12]}, {self.n_shape}/{self.n_expression}/{self.n_reflectance} modes)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FaceModelIdentity:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
 
 class FaceModel(nn.Module):
@@ -200,8 +239,10 @@ class FaceModel(nn.Module):
             "face_mask": torch.as_tensor(face_mask, dtype=torch.bool),
         }
         _validate(arrays, check_orthonormal=check_orthonormal)
+        # Not persistent: a face model is data with its own file format, never part of a
+        # network checkpoint (which stores the model's identity instead, see ``identity``).
         for key, value in arrays.items():
-            self.register_buffer(key, value.contiguous())
+            self.register_buffer(key, value.contiguous(), persistent=False)
         self.metadata = metadata
         tri_in_mask = arrays["face_mask"][arrays["triangles"]].all(dim=1)
         self.register_buffer("face_triangles", arrays["triangles"][tri_in_mask].contiguous(), persistent=False)
@@ -228,6 +269,30 @@ class FaceModel(nn.Module):
     @property
     def name(self) -> str:
         return self.metadata.name
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """SHA-256 of the model's content: every array's key, dtype, shape and bytes.
+
+        Metadata (name, licence, description) is not included: two files with the same
+        arrays give θ the same meaning. The bytes are read on the CPU, so the hash does not
+        depend on the device, and a file moved or renamed keeps its hash.
+        """
+        digest = hashlib.sha256(f"{FORMAT_NAME}/{FORMAT_VERSION}".encode())
+        for key, value in self.arrays().items():
+            digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode())
+            digest.update(value.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def identity(self) -> FaceModelIdentity:
+        """Name, θ layout and content hash: what a checkpoint needs to know it matches."""
+        return FaceModelIdentity(
+            name=self.name,
+            sha256=self.sha256,
+            n_shape=self.n_shape,
+            n_expression=self.n_expression,
+            n_reflectance=self.n_reflectance,
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -363,15 +428,13 @@ def load_face_model(spec: str | os.PathLike[str]) -> FaceModel:
     return FaceModel.load(path)
 
 
-@functools.lru_cache(maxsize=8)
 def build_face_model(
     spec: str, n_shape: int | None = None, n_expression: int | None = None, n_reflectance: int | None = None
 ) -> FaceModel:
     """Load a face model and keep the requested number of modes per group.
 
     ``None`` means the paper's size (128 / 64 / 128) or all the model has, if fewer.
-    Results are cached, so a DataModule and a LightningModule configured with the same
-    arguments share one instance (one copy of the bases in memory, one ``.to(device)``).
+    Every call returns a new model.
 
     Args:
         spec: ``"procedural"`` or a native ``.npz`` file.

@@ -1,99 +1,39 @@
-"""InverseFaceNet: a timm backbone regressing θ, trained with the model-space loss (SPEC §4).
+"""``InverseFaceNet``: the LightningModule that trains a backbone to regress θ.
 
-Validation and test render the predictions and measure the paper's metrics (SPEC §7) —
-photometric error, geometric error, mask IoU — plus per-group parameter errors, for the
-network and for the mean face as a reference (suffix ``_mean_face``). Real photographs
-(batches that carry no ``theta``) get the photometric error and IoU only, logged with a
-``real_`` prefix.
+It is handed the run's :class:`~ifn.render.renderer.FaceRenderer` (the DataModule's, so
+data and model share one face model) and trains with the model-space loss. Validation and
+test go through an :class:`~ifn.models.evaluator.Evaluator` per stage. Checkpoints carry
+the face model's identity (:mod:`ifn.models.checkpoint`), checked whenever weights are
+loaded.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 import lightning as L
-import timm
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from ifn.io import write_csv_atomic
+from ifn.data.batch import FaceBatch
+from ifn.facemodel.model import FaceModel
+from ifn.models.backbone import create_backbone
+from ifn.models.checkpoint import CHECKPOINT_KEY, check_face_model, face_model_record, read_checkpoint, recorded_settings
+from ifn.models.evaluator import Evaluator
 from ifn.models.losses import ModelSpaceLoss
-from ifn.models.metrics import (
-    GeometricError,
-    MaskIoU,
-    ParameterError,
-    PhotometricError,
-    mask_iou_per_image,
-    photometric_error_per_image,
-)
-from ifn.facemodel.model import FaceModel, build_face_model
-from ifn.params import ParamLayout
-from ifn.render.renderer import FaceRenderer, RenderOutput
+from ifn.render.renderer import FaceRenderer
 
-__all__ = ["InverseFaceNet", "create_backbone"]
-
-#: Ambient light given to the mean-face reference so that it is lit (mean of the SPEC §3 prior).
-MEAN_FACE_AMBIENT = 0.9
-
-
-def create_backbone(name: str, num_outputs: int, pretrained: bool = False, checkpoint_path: str | None = None) -> nn.Module:
-    """A timm model whose last layer outputs θ (bias 0, weights ~ N(0, 0.01²), paper §6.1).
-
-    Args:
-        name: any timm model name, e.g. ``resnet18``, ``resnet101``.
-        num_outputs: m = |θ|.
-        pretrained: load ImageNet weights through timm's normal mechanism (Hugging Face
-            hub cache; needs network access the first time).
-        checkpoint_path: a local weights file (``.safetensors``/``.pth``) instead of the hub;
-            implies ``pretrained``. The classifier in it is discarded.
-
-    Raises:
-        FileNotFoundError: if ``checkpoint_path`` does not exist.
-        RuntimeError: if pretrained weights cannot be obtained, with what to do instead.
-    """
-    kwargs: dict[str, Any] = {"num_classes": num_outputs}
-    if checkpoint_path is not None:
-        path = Path(checkpoint_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"backbone checkpoint not found: {path}")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
-        pretrained = True
-    try:
-        net = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except RuntimeError as err:
-        if "Unknown model" in str(err):
-            raise ValueError(f"unknown timm backbone {name!r}: {err}") from err
-        raise
-    except Exception as err:
-        if not pretrained:
-            raise
-        raise RuntimeError(
-            f"could not load pretrained weights for timm model {name!r} ({type(err).__name__}: {err}). "
-            "Without network access, download them elsewhere and pass "
-            "--model.backbone_checkpoint /path/to/model.safetensors, or put them in the Hugging Face cache "
-            "and set HF_HUB_OFFLINE=1; or train from scratch with --model.pretrained false."
-        ) from err
-    head = net.get_classifier()
-    if not isinstance(head, nn.Linear):
-        raise ValueError(f"timm model {name!r} has a {type(head).__name__} head; ifn needs a Linear classifier")
-    nn.init.normal_(head.weight, mean=0.0, std=0.01)
-    nn.init.zeros_(head.bias)
-    return net
+__all__ = ["InverseFaceNet"]
 
 
 class InverseFaceNet(L.LightningModule):
     """Single-shot inverse face rendering network.
 
     Args:
-        face_model: ``"procedural"`` or a ``.npz`` face model (linked from the data config).
-        n_shape: θs size (linked from the data config).
-        n_expression: θe size (linked).
-        n_reflectance: θr size (linked).
-        image_size: render size for metrics (linked).
-        camera_distance: camera distance for metric renders (linked).
-        backend: rasterizer for metric renders (linked).
+        renderer: the run's renderer (face model, θ layout, render settings); with the CLI
+            it is the DataModule's, handed over when both are built.
         backbone: timm model name (paper: AlexNet; ResNet-101 compared).
         pretrained: start from ImageNet weights (needs them downloadable or cached).
         backbone_checkpoint: local weights file for the backbone.
@@ -105,17 +45,17 @@ class InverseFaceNet(L.LightningModule):
         euclidean_loss: the plain-L2 ablation (all weights and σ's 1).
         optimizer: optimizer factory (default: AdaDelta, lr 0.01, weight decay 0.001).
         lr_scheduler: optional scheduler factory.
+
+    Example:
+        >>>         >>> renderer = RenderSettings(n_shape=5, n_expression=5, n_reflectance=10, image_size=64).build_renderer()
+        >>> model = InverseFaceNet(renderer)
+        >>> model(torch.zeros(2, 3, 64, 64)).shape
+        torch.Size([2, 50])
     """
 
     def __init__(
         self,
-        face_model: str = "procedural",
-        n_shape: int | None = None,
-        n_expression: int | None = None,
-        n_reflectance: int | None = None,
-        image_size: int = 240,
-        camera_distance: float = 600.0,
-        backend: str = "auto",
+        renderer: FaceRenderer,
         backbone: str = "resnet18",
         pretrained: bool = False,
         backbone_checkpoint: str | None = None,
@@ -129,12 +69,15 @@ class InverseFaceNet(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        face = build_face_model(face_model, n_shape, n_expression, n_reflectance)
-        self.layout = ParamLayout.for_face_model(face)
+        self.save_hyperparameters(ignore=["renderer", "optimizer", "lr_scheduler"])
+        # A submodule, so it moves with the network; the face model's tensors are not
+        # persistent, so checkpoints hold only the network (and the identity, see
+        # on_save_checkpoint).
+        self.renderer = renderer
+        self.layout = renderer.layout
         self.net = create_backbone(backbone, self.layout.size, pretrained, backbone_checkpoint)
         self.loss = ModelSpaceLoss(
-            face,
+            renderer.face_model,
             rotation_weight=rotation_weight,
             shape_weight=shape_weight,
             expression_weight=expression_weight,
@@ -142,165 +85,127 @@ class InverseFaceNet(L.LightningModule):
             illumination_weight=illumination_weight,
             euclidean=euclidean_loss,
         )
-        # The face model and renderer are shared, fixed data (cached, possibly also held by
-        # the DataModule): kept out of the module tree so checkpoints hold only the network.
-        self.__dict__["face_model"] = face
-        self.__dict__["renderer"] = FaceRenderer(face, image_size=image_size, camera_distance=camera_distance, backend=backend)
-        self._real_rows: list[dict[str, Any]] = []
+        self.evaluators = nn.ModuleDict(
+            {"val": Evaluator(renderer, "val"), "test": Evaluator(renderer, "test", keep_per_image=True)}
+        )
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        self.metrics = nn.ModuleDict()
-        for stage in ("val", "test"):
-            for suffix in ("", "_mean_face"):
-                self.metrics[f"{stage}{suffix}"] = nn.ModuleDict(
-                    {
-                        "photometric_error": PhotometricError(),
-                        "geometric_error_mm": GeometricError(),
-                        "iou": MaskIoU(),
-                        "param_rmse": ParameterError(self.layout),
-                    }
-                )
-            for suffix in ("", "_mean_face"):
-                self.metrics[f"{stage}_real{suffix}"] = nn.ModuleDict(
-                    {"photometric_error": PhotometricError(), "iou": MaskIoU()}
-                )
 
-    face_model: FaceModel
-    renderer: FaceRenderer
+    @property
+    def face_model(self) -> FaceModel:
+        return self.renderer.face_model
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        face_model: str | None = None,
+        map_location: str | torch.device = "cpu",
+        **overrides: Any,
+    ) -> InverseFaceNet:
+        """Rebuild a trained network, with its renderer, from a checkpoint file alone.
+
+        The checkpoint records its render settings and face model identity; the face model
+        file is looked up where it was at training time unless ``face_model`` says where it
+        is now, and must have the recorded content.
+
+        Args:
+            path: a checkpoint written by ``ifn fit``.
+            face_model: the face model (``"procedural"`` or a ``.npz`` file) to use instead
+                of the recorded path.
+            map_location: where to load the tensors.
+            **overrides: render settings to change (e.g. ``backend="torch"``).
+
+        Raises:
+            CheckpointMismatchError: if the face model is not the one it was trained with.
+            UsageError: if the checkpoint records no render settings (written before they
+                were recorded: build the renderer yourself and use ``load_from_checkpoint``).
+        """
+        from ifn.errors import UsageError
+
+        checkpoint = read_checkpoint(path, map_location)
+        settings = recorded_settings(checkpoint)
+        if settings is None:
+            raise UsageError(
+                f"{path} records no render settings; use InverseFaceNet.load_from_checkpoint(path, renderer=...)"
+            )
+        if face_model is not None:
+            overrides["face_model"] = face_model
+        renderer = settings.replace(**overrides).build_renderer()
+        check_face_model(checkpoint, renderer, str(path))
+        model = cls(renderer, **checkpoint.get("hyper_parameters", {}))
+        model.load_state_dict(checkpoint["state_dict"])
+        return model.eval()
 
     # ----------------------------------------------------------------- model
     def forward(self, network_input: Tensor) -> Tensor:
         """``(B, 3, H, W)`` input in [−0.5, 0.5] → θ ``(B, m)``."""
         return self.net(network_input)
 
-    def _face_to(self, device: torch.device) -> None:
-        if self.face_model.mean_shape.device != device:
-            self.face_model.to(device)
-
-    def mean_face_parameters(self, batch_size: int) -> Tensor:
-        """The reference prediction: θ = 0 except the constant SH coefficient (lit, not black)."""
-        theta = torch.zeros(batch_size, self.layout.size, device=self.device)
-        start = self.layout.slices["illumination"].start
-        theta[:, start : start + 3] = MEAN_FACE_AMBIENT
-        return theta
-
     # -------------------------------------------------------------- training
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        prediction = self(batch["input"])
-        loss = self.loss(prediction, batch["theta"])
+    def training_step(self, batch: FaceBatch, batch_idx: int) -> Tensor:
+        prediction = self(batch.input)
+        loss = self.loss(prediction, batch.theta)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         batch_size = prediction.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         if batch_idx % 50 == 0:
-            parts = self.loss.per_group(prediction.detach(), batch["theta"])
+            parts = self.loss.per_group(prediction.detach(), batch.theta)
             self.log_dict({f"train/loss_{k}": v for k, v in parts.items()}, batch_size=batch_size)
         return loss
 
     # ------------------------------------------------------------ evaluation
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch: FaceBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(self, batch: FaceBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, "test")
 
     @torch.no_grad()
-    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
-        self._face_to(self.device)
-        prediction = self(batch["input"])
-        batch_size = prediction.shape[0]
-        if "theta" not in batch:
-            render = self._update_image_metrics(self.metrics[f"{stage}_real"], prediction, batch)
-            self._update_image_metrics(self.metrics[f"{stage}_real_mean_face"], self.mean_face_parameters(batch_size), batch)
-            if stage == "test":
-                self._record_real_images(render, batch)
-            return
-        self.log(f"{stage}/loss", self.loss(prediction, batch["theta"]), batch_size=batch_size, sync_dist=True)
-        target_geometry = self._geometry(batch["theta"])
-        for suffix, theta in (("", prediction), ("_mean_face", self.mean_face_parameters(batch_size))):
-            metrics = self.metrics[f"{stage}{suffix}"]
-            self._update_image_metrics(metrics, theta, batch)
-            metrics["geometric_error_mm"].update(self._geometry(theta), target_geometry, self.face_model.face_mask)
-            metrics["param_rmse"].update(theta, batch["theta"])
+    def _evaluate(self, batch: FaceBatch, stage: str) -> None:
+        prediction = self(batch.input)
+        if batch.is_synthetic:
+            loss = self.loss(prediction, batch.theta)
+            self.log(f"{stage}/loss", loss, batch_size=len(batch), sync_dist=True)
+        self.evaluators[stage].update(prediction, batch)
 
-    def _geometry(self, theta: Tensor) -> Tensor:
-        params = self.layout.split(theta)
-        return self.face_model.geometry(params.shape, params.expression)
-
-    def _update_image_metrics(self, metrics: nn.ModuleDict, theta: Tensor, batch: dict[str, Tensor]) -> RenderOutput:
-        render = self.renderer(theta)
-        metrics["photometric_error"].update(render.image, batch["image"], batch["mask"])
-        metrics["iou"].update(render.mask, batch["mask"])
-        return render
-
-    def _record_real_images(self, render: RenderOutput, batch: dict[str, Any]) -> None:
-        photometric, has_mask = photometric_error_per_image(render.image, batch["image"], batch["mask"])
-        iou, _ = mask_iou_per_image(render.mask, batch["mask"])
-        for i in range(render.image.shape[0]):
-            self._real_rows.append(
-                {
-                    "path": batch["path"][i],
-                    "face_index": int(batch["face_index"][i]),
-                    "photometric_error": photometric[i].item() if has_mask[i] else float("nan"),
-                    "iou": iou[i].item(),
-                }
-            )
+    def on_validation_epoch_start(self) -> None:
+        self.evaluators["val"].reset()
 
     def on_test_epoch_start(self) -> None:
-        self._real_rows = []
-
-    def _write_real_rows(self) -> None:
-        """Per-image real-photo results → ``test_real_per_image.csv`` in the log directory."""
-        rows = self._real_rows
-        if self.trainer.world_size > 1:
-            gathered: list[Any] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = [row for part in gathered for row in part]
-        if not rows:  # the same on every rank after the gather
-            return
-        # Under DDP trainer.log_dir is a broadcast: every rank must ask, before the rank check.
-        path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "test_real_per_image.csv"
-        if not self.trainer.is_global_zero:
-            return
-        rows = sorted({(r["path"], r["face_index"]): r for r in rows}.values(), key=lambda r: (r["path"], r["face_index"]))
-        write_csv_atomic(path, rows, ["path", "face_index", "photometric_error", "iou"])
+        self.evaluators["test"].reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
-        self._write_real_rows()
 
     def _log_epoch_metrics(self, stage: str) -> None:
-        values: dict[str, Tensor] = {}
-        groups = {"": ("", ""), "_mean_face": ("", "_mean_face"), "_real": ("real_", ""),
-                  "_real_mean_face": ("real_", "_mean_face")}
-        for key, (prefix, suffix) in groups.items():
-            for name, metric in self.metrics[f"{stage}{key}"].items():
-                if not metric.update_called:
-                    continue
-                if name == "param_rmse":
-                    for group, value in metric.compute().items():
-                        values[f"{stage}/{prefix}param_rmse_{group}{suffix}"] = value
-                else:
-                    stats = metric.compute_stats()  # one synchronisation for mean and std
-                    values[f"{stage}/{prefix}{name}{suffix}"] = stats["mean"]
-                    values[f"{stage}/{prefix}{name}_std{suffix}"] = stats["std"]
-                metric.reset()
+        values = self.evaluators[stage].compute()
         if values:
-            # The metric states were already synchronised across ranks by compute().
+            # compute() already synchronised the metric states across ranks.
             self.log_dict({k: v.float() for k, v in values.items()}, sync_dist=False, rank_zero_only=False)
 
     # ------------------------------------------------------------- inference
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """θ for a batch of network inputs (synthetic or real), kept with any identifiers."""
-        prediction = self(batch["input"])
-        out: dict[str, Any] = {"theta": prediction}
-        for key in ("path", "face_index"):
-            if key in batch:
-                out[key] = batch[key]
+    def predict_step(self, batch: FaceBatch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """θ for a batch of faces (synthetic or real), kept with the photo identifiers."""
+        out: dict[str, Any] = {"theta": self(batch.input)}
+        if batch.path is not None:
+            out["path"] = batch.path
+            out["face_index"] = batch.face_index
         return out
+
+    # ------------------------------------------------------------ checkpoint
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = face_model_record(self.renderer)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        source = "checkpoint"
+        if self._trainer is not None and self.trainer.ckpt_path:
+            source = str(self.trainer.ckpt_path)
+        check_face_model(checkpoint, self.renderer, source)
 
     # -------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:

@@ -10,6 +10,7 @@ Only the face region is drawn, on black.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ from ifn.facemodel.model import FaceModel
 from ifn.params import FaceParams, ParamLayout
 from ifn.render.rasterizer import BACKENDS, Fragments, Rasterizer, create_rasterizer, interpolate
 from ifn.render.shading import sh_basis, shade
+
+if TYPE_CHECKING:
+    from ifn.render.settings import RenderSettings
 
 __all__ = ["FaceRenderer", "RenderOutput"]
 
@@ -154,6 +158,37 @@ class FaceRenderer(nn.Module):
         self.backend = backend
         self._rasterizers: dict[torch.device, Rasterizer] = {}
         self._topologies: dict[torch.device, _Topology] = {}
+        self._settings: RenderSettings | None = None
+
+    @classmethod
+    def from_settings(cls, settings: RenderSettings, face_model: FaceModel | None = None) -> FaceRenderer:
+        """The renderer of :class:`~ifn.render.settings.RenderSettings` (loads the face model
+        unless an already loaded one is given)."""
+        model = settings.load_face_model() if face_model is None else face_model
+        renderer = cls(
+            model,
+            image_size=settings.image_size,
+            camera_distance=settings.camera_distance,
+            margin=settings.margin,
+            backend=settings.backend,
+        )
+        renderer._settings = settings
+        return renderer
+
+    @property
+    def settings(self) -> RenderSettings:
+        """The settings this renderer was built from (for a renderer built directly: its own
+        values, with the face model's name standing for its file)."""
+        if self._settings is None:
+            from ifn.render.settings import RenderSettings
+
+            fm = self.face_model
+            self._settings = RenderSettings(
+                face_model=fm.name, n_shape=fm.n_shape, n_expression=fm.n_expression, n_reflectance=fm.n_reflectance,
+                image_size=self.image_size, camera_distance=self.camera_distance, margin=self.margin,
+                backend=self.backend,
+            )
+        return self._settings
 
     def extra_repr(self) -> str:
         return f"image_size={self.image_size}, camera_distance={self.camera_distance}, margin={self.margin}, backend={self.backend!r}"

@@ -14,12 +14,15 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from ifn.breeding.callback import BredSource, BreedingCallback, BreedingNoise
-from ifn.data.datamodule import PriorSource, SyntheticFaceDataModule
+from ifn.breeding.callback import BreedingCallback
+from ifn.data.datamodule import SyntheticFaceDataModule
+from ifn.data.photo_folders import PhotoSettings
+from ifn.data.sources import BredSource, BreedingNoise, PriorSource
 from ifn.models.inverse_face_net import InverseFaceNet
 from ifn.params import ParamLayout
+from ifn.render.settings import RenderSettings
 
-SMALL = dict(face_model="procedural", n_shape=3, n_expression=2, n_reflectance=3, image_size=32, backend="torch")
+SMALL = RenderSettings(face_model="procedural", n_shape=3, n_expression=2, n_reflectance=3, image_size=32, backend="torch")
 
 
 class FakeCorpus(Dataset):
@@ -29,7 +32,7 @@ class FakeCorpus(Dataset):
         theta = dm.fixed_parameters(2)[:n]
         batch = dm.render_batch(theta)
         self.items = [
-            {"image": batch["image"][i], "mask": batch["mask"][i], "landmarks": batch["landmarks"][i],
+            {"image": batch.image[i], "mask": batch.mask[i], "landmarks": batch.landmarks[i],
              "path": f"face{i}.png", "face_index": 0}
             for i in range(n)
         ]
@@ -49,19 +52,19 @@ class Recorder(L.Callback):
         self.thetas: list[tuple[int, torch.Tensor]] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # noqa: ANN001
-        self.thetas.append((trainer.global_step, batch["theta"].detach().cpu().clone()))
+        self.thetas.append((trainer.global_step, batch.theta.detach().cpu().clone()))
 
 
 def _datamodule(**kwargs) -> SyntheticFaceDataModule:
-    dm = SyntheticFaceDataModule(**SMALL, batch_size=4, batches_per_epoch=4, val_size=4, test_size=8,
-                                 real_dir="unused", **kwargs)
+    dm = SyntheticFaceDataModule(render=SMALL, batch_size=4, batches_per_epoch=4, val_size=4, test_size=8,
+                                 photos=PhotoSettings(train_dir="unused"), **kwargs)
     corpus = FakeCorpus(dm)
-    dm.real_corpus = lambda which="real": corpus  # type: ignore[method-assign]
+    dm.photos.corpus = lambda role, progress=True: corpus  # type: ignore[method-assign]
     return dm
 
 
-def _model() -> InverseFaceNet:
-    return InverseFaceNet(**SMALL, backbone="resnet18")
+def _model(dm: SyntheticFaceDataModule) -> InverseFaceNet:
+    return InverseFaceNet(dm.renderer, backbone="resnet18")
 
 
 def _trainer(tmp_path: Path, callbacks: list, max_steps: int, **kwargs) -> L.Trainer:
@@ -117,7 +120,7 @@ def test_bred_source_fresh_perturbations_and_prior_mix(toy_face_model):
     assert (rotation_offsets <= math.radians(5.0) + 1e-6).all()
     from ifn.data.priors import ParameterPrior
 
-    prior = PriorSource(ParameterPrior(), layout, toy_face_model, seed=0)
+    prior = PriorSource(ParameterPrior(), layout, toy_face_model.metadata.expression_prior, seed=0)
     mixed = BredSource(bank, layout, BreedingNoise(), copies=2, round_index=1, seed=0, prior_fraction=0.5,
                        prior_source=prior)
     theta = mixed.batch(0, 0, 400)
@@ -147,7 +150,7 @@ def test_groups_not_bred_come_from_the_prior(toy_face_model):
 
     layout = ParamLayout.for_face_model(toy_face_model)
     bank = torch.randn(4, layout.size) * 3
-    prior = PriorSource(ParameterPrior(), layout, toy_face_model, seed=0)
+    prior = PriorSource(ParameterPrior(), layout, toy_face_model.metadata.expression_prior, seed=0)
     source = BredSource(bank, layout, BreedingNoise(), copies=2, round_index=1, seed=0, prior_source=prior,
                         groups=("rotation", "shape", "expression"))
     theta = source.batch(5, 0, 32)
@@ -178,7 +181,7 @@ def test_after_a_round_training_theta_come_from_the_bred_bank(tmp_path):
     breeding = BreedingCallback(start_step=3, every_n_steps=3, rounds=2, copies=2, plot=True)
     recorder = Recorder()
     trainer = _trainer(tmp_path, [breeding, recorder], max_steps=8)
-    trainer.fit(_model(), datamodule=dm)
+    trainer.fit(_model(dm), datamodule=dm)
     assert breeding.round == 2 and breeding.bank.shape == (6, dm.layout.size)
     assert isinstance(dm.source, BredSource) and torch.equal(dm.source.bank, breeding.bank)
     before = [theta for step, theta in recorder.thetas if step < 3]
@@ -193,7 +196,7 @@ def test_resume_restores_round_and_bank(tmp_path):
     dm = _datamodule()
     breeding = BreedingCallback(start_step=2, every_n_steps=100, rounds=3, copies=2, plot=False)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=4)
-    _trainer(tmp_path, [breeding, checkpoint], max_steps=4).fit(_model(), datamodule=dm)
+    _trainer(tmp_path, [breeding, checkpoint], max_steps=4).fit(_model(dm), datamodule=dm)
     assert breeding.round == 1
     saved_bank = breeding.bank.clone()
 
@@ -201,7 +204,7 @@ def test_resume_restores_round_and_bank(tmp_path):
     resumed = BreedingCallback(start_step=2, every_n_steps=100, rounds=3, copies=2, plot=False)
     recorder = Recorder()
     trainer = _trainer(tmp_path, [resumed, recorder], max_steps=6)
-    trainer.fit(_model(), datamodule=dm2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    trainer.fit(_model(dm2), datamodule=dm2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert resumed.round == 1
     assert torch.equal(resumed.bank, saved_bank)
     assert isinstance(dm2.source, BredSource) and torch.equal(dm2.source.bank, saved_bank)
@@ -210,10 +213,10 @@ def test_resume_restores_round_and_bank(tmp_path):
 
 
 def test_breeding_without_real_dir_fails_clearly(tmp_path):
-    dm = SyntheticFaceDataModule(**SMALL, batch_size=2, batches_per_epoch=2, val_size=2, test_size=2)
+    dm = SyntheticFaceDataModule(render=SMALL, batch_size=2, batches_per_epoch=2, val_size=2, test_size=2)
     trainer = _trainer(tmp_path, [BreedingCallback(start_step=1, rounds=1)], max_steps=2)
-    with pytest.raises(ValueError, match="--data.real_dir"):
-        trainer.fit(_model(), datamodule=dm)
+    with pytest.raises(ValueError, match="--data.photos.train_dir"):
+        trainer.fit(_model(dm), datamodule=dm)
 
 
 DDP_SCRIPT = textwrap.dedent(
@@ -222,24 +225,27 @@ DDP_SCRIPT = textwrap.dedent(
     from torch.utils.data import Dataset
     from ifn.breeding.callback import BreedingCallback
     from ifn.data.datamodule import SyntheticFaceDataModule
+    from ifn.data.photo_folders import PhotoSettings
     from ifn.models.inverse_face_net import InverseFaceNet
+    from ifn.render.settings import RenderSettings
 
-    SMALL = dict(face_model="procedural", n_shape=3, n_expression=2, n_reflectance=3, image_size=32, backend="torch")
+    SMALL = RenderSettings(face_model="procedural", n_shape=3, n_expression=2, n_reflectance=3, image_size=32,
+                           backend="torch")
     out = sys.argv[1]
 
     class Corpus(Dataset):
         def __init__(self, dm):
             batch = dm.render_batch(dm.fixed_parameters(2)[:7])
-            self.items = [{"image": batch["image"][i], "mask": batch["mask"][i]} for i in range(7)]
+            self.items = [{"image": batch.image[i], "mask": batch.mask[i]} for i in range(7)]
         def __len__(self): return len(self.items)
         def __getitem__(self, i): return self.items[i]
         def summary(self): return {"skipped_images": 0}
 
     class DM(SyntheticFaceDataModule):
-        def real_corpus(self, which="real"):
-            if not hasattr(self, "_fake"):
-                self._fake = Corpus(self)
-            return self._fake
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            fake = Corpus(self)
+            self.photos.corpus = lambda role, progress=True: fake
 
     class Dump(L.Callback):
         def on_train_end(self, trainer, pl_module):
@@ -248,8 +254,9 @@ DDP_SCRIPT = textwrap.dedent(
 
     if __name__ == "__main__":
         torch.set_num_threads(1)
-        dm = DM(**SMALL, batch_size=2, batches_per_epoch=4, val_size=2, test_size=8, real_dir="unused")
-        model = InverseFaceNet(**SMALL, backbone="resnet18")
+        dm = DM(render=SMALL, batch_size=2, batches_per_epoch=4, val_size=2, test_size=8,
+                photos=PhotoSettings(train_dir="unused"))
+        model = InverseFaceNet(dm.renderer, backbone="resnet18")
         trainer = L.Trainer(default_root_dir=out, max_steps=3, accelerator="cpu", devices=2, strategy="ddp",
                             callbacks=[BreedingCallback(start_step=2, every_n_steps=10, rounds=1, plot=False), Dump()],
                             logger=False, enable_progress_bar=False, limit_val_batches=0, enable_checkpointing=False)
@@ -274,10 +281,10 @@ def test_ddp_ranks_hold_the_same_bank(tmp_path):
 
 def test_refined_illumination_explains_the_photos_better(tmp_path):
     dm = _datamodule()
-    model = _model()
+    model = _model(dm)
     trainer = _trainer(tmp_path, [], max_steps=2)
     trainer.fit(model, datamodule=dm)
-    corpus = dm.real_corpus()
+    corpus = dm.photos.corpus("train")
     photos = torch.stack([item["image"] for item in corpus.items])
     inside = torch.stack([item["mask"] for item in corpus.items]) > 0.5
     raw = BreedingCallback(plot=False).reconstruct(trainer, model, corpus)

@@ -7,6 +7,8 @@ from types import SimpleNamespace
 import torch
 
 from ifn.callbacks.predictions import ThetaJSONWriter, _file_name, theta_to_dict
+from ifn.data.photo_folders import PhotoSettings
+from ifn.facemodel.model import FaceModelIdentity
 from ifn.params import ParamLayout
 
 LAYOUT = ParamLayout(n_shape=2, n_expression=1, n_reflectance=3)
@@ -30,8 +32,9 @@ def test_file_names_are_relative_and_visible(tmp_path):
 
 def test_writer_writes_one_json_per_face(tmp_path):
     writer = ThetaJSONWriter(output_dir=str(tmp_path / "out"))
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(real_dirs={"predict": str(tmp_path)}))
-    module = SimpleNamespace(hparams={"face_model": "procedural"}, layout=LAYOUT)
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(photos=SimpleNamespace(settings=PhotoSettings(predict_dir=str(tmp_path)))))
+    identity = FaceModelIdentity("procedural", "ab" * 32, LAYOUT.n_shape, LAYOUT.n_expression, LAYOUT.n_reflectance)
+    module = SimpleNamespace(face_model=SimpleNamespace(identity=lambda: identity), layout=LAYOUT)
     prediction = {
         "theta": torch.zeros(2, LAYOUT.size),
         "path": [str(tmp_path / "a.jpg"), str(tmp_path / "a.jpg")],
@@ -42,3 +45,4 @@ def test_writer_writes_one_json_per_face(tmp_path):
     assert files == ["a.jpg.face0.json", "a.jpg.face1.json"]
     payload = json.loads((tmp_path / "out" / "a.jpg.face1.json").read_text())
     assert payload["face_index"] == 1 and payload["face_model"] == "procedural"
+    assert payload["face_model_sha256"] == "ab" * 32

@@ -1,4 +1,4 @@
-"""SyntheticFaceDataModule (SPEC §3): θ streams per (rank, index), fixed val/test θ, rendering
+"""SyntheticFaceDataModule: θ streams per (rank, index), fixed val/test θ, rendering
 after transfer, resumable streams and swappable sources.
 
 Everything runs at 32×32 with a tiny θ (3 shape, 2 expression, 3 reflectance modes) on the
@@ -16,16 +16,14 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from ifn.data.datamodule import (
-    STREAM_TEST,
-    STREAM_VAL,
-    ParameterSource,
-    SyntheticFaceDataModule,
-)
+from ifn.data.batch import FaceBatch
+from ifn.data.datamodule import SyntheticFaceDataModule
+from ifn.data.sources import STREAM_TEST, STREAM_VAL, ParameterSource
+from ifn.render.settings import RenderSettings
 
 SIZE = 32
 N_SHAPE, N_EXPRESSION, N_REFLECTANCE = 3, 2, 3
-#: |θ| from SPEC §2: 3 rotation + θs + θe + θr + 9 SH × RGB.
+#: |θ|: 3 rotation + θs + θe + θr + 9 SH × RGB.
 M = 3 + N_SHAPE + N_EXPRESSION + N_REFLECTANCE + 27
 BATCH = 4
 
@@ -39,12 +37,10 @@ class _FakeTrainer:
 
 def make_dm(**overrides) -> SyntheticFaceDataModule:
     kwargs = {
-        "face_model": "procedural",
-        "n_shape": N_SHAPE,
-        "n_expression": N_EXPRESSION,
-        "n_reflectance": N_REFLECTANCE,
-        "image_size": SIZE,
-        "backend": "torch",
+        "render": RenderSettings(
+            face_model="procedural", n_shape=N_SHAPE, n_expression=N_EXPRESSION, n_reflectance=N_REFLECTANCE,
+            image_size=SIZE, backend="torch",
+        ),
         "batch_size": BATCH,
         "batches_per_epoch": 3,
         "val_size": 8,
@@ -57,7 +53,7 @@ def make_dm(**overrides) -> SyntheticFaceDataModule:
 
 def train_epoch(dm: SyntheticFaceDataModule) -> list[torch.Tensor]:
     """One pass over the training DataLoader, as the Trainer sees it (θ only, no rendering)."""
-    return [batch.clone() for batch in dm.train_dataloader()]
+    return [batch["theta"].clone() for batch in dm.train_dataloader()]
 
 
 def consume(dm: SyntheticFaceDataModule, n: int | None = None) -> list[torch.Tensor]:
@@ -67,7 +63,7 @@ def consume(dm: SyntheticFaceDataModule, n: int | None = None) -> list[torch.Ten
         if n is not None and k == n:
             break
         out = dm.on_after_batch_transfer(theta, 0)
-        seen.append(out["theta"].clone())
+        seen.append(out.theta.clone())
     return seen
 
 
@@ -139,9 +135,9 @@ def test_fixed_validation_and_test_parameters():
     assert _shared_rows(val_a, _rows(train_epoch(a))) == 0
     # The loaders serve exactly these θ, in order, however often they are asked.
     for _ in range(2):
-        served = torch.cat([batch[0] for batch in a.val_dataloader()])
+        served = torch.cat([batch["theta"] for batch in a.val_dataloader()])
         assert torch.equal(served, val_a)
-    assert torch.equal(torch.cat([batch[0] for batch in a.test_dataloader()]), test_a)
+    assert torch.equal(torch.cat([batch["theta"] for batch in a.test_dataloader()]), test_a)
     assert not torch.equal(make_dm(seed=1).fixed_parameters(STREAM_VAL), val_a)
 
 
@@ -151,12 +147,12 @@ def test_fixed_validation_and_test_parameters():
 def test_on_after_batch_transfer_renders_theta():
     dm = make_dm()
     dm.trainer = _FakeTrainer(training=False)
-    raw = next(iter(dm.val_dataloader()))  # TensorDataset row: [θ]
-    theta = raw[0].clone()
+    raw = next(iter(dm.val_dataloader()))  # {"theta": θ}, to be rendered
+    theta = raw["theta"].clone()
     batch = dm.on_after_batch_transfer(raw, 0)
-    assert set(batch) >= {"theta", "image", "mask", "landmarks", "input"}
-    assert torch.equal(batch["theta"], theta)
-    image, mask, landmarks = batch["image"], batch["mask"], batch["landmarks"]
+    assert isinstance(batch, FaceBatch) and batch.is_synthetic
+    assert torch.equal(batch.theta, theta)
+    image, mask, landmarks = batch.image, batch.mask, batch.landmarks
     assert image.shape == (BATCH, 3, SIZE, SIZE)
     assert mask.shape == (BATCH, 1, SIZE, SIZE)
     assert landmarks.shape == (BATCH, 68, 2)
@@ -168,8 +164,8 @@ def test_on_after_batch_transfer_renders_theta():
     assert torch.all((coverage > 0.2) & (coverage < 0.95)), coverage
     inside = (image.sum(dim=1, keepdim=True) * mask).sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3))
     assert torch.all(inside > 0.05)
-    assert torch.equal(batch["input"], image - 0.5)
-    # Framing (SPEC §2): the landmark bounding box is scaled uniformly to fill the image.
+    assert torch.equal(batch.input, image - 0.5)
+    # Framing: the landmark bounding box is scaled uniformly to fill the image.
     low, high = landmarks.amin(dim=1), landmarks.amax(dim=1)
     assert torch.all(low >= -1e-3) and torch.all(high <= SIZE + 1e-3)
     assert torch.allclose((high - low).amax(dim=1), torch.full((BATCH,), float(SIZE)), atol=1e-3)
@@ -183,15 +179,19 @@ def test_training_batch_is_rendered_and_counted():
     dm.trainer = _FakeTrainer(training=True)
     theta = next(iter(dm.train_dataloader()))
     batch = dm.on_after_batch_transfer(theta, 0)
-    assert batch["image"].shape == (BATCH, 3, SIZE, SIZE)
+    assert batch.image.shape == (BATCH, 3, SIZE, SIZE)
     assert dm.batches_consumed == 1
 
 
 def test_real_face_batches_get_network_input():
     dm = make_dm()
     image = torch.rand(2, 3, SIZE, SIZE)
-    batch = dm.on_after_batch_transfer({"image": image, "mask": torch.ones(2, 1, SIZE, SIZE)}, 0)
-    assert torch.equal(batch["input"], image - 0.5)
+    photos = {"image": image, "mask": torch.ones(2, 1, SIZE, SIZE), "landmarks": torch.zeros(2, 68, 2),
+              "path": ["a.jpg", "b.jpg"], "face_index": torch.tensor([0, 1])}
+    batch = dm.on_after_batch_transfer(photos, 0)
+    assert isinstance(batch, FaceBatch) and not batch.is_synthetic and batch.theta is None
+    assert torch.equal(batch.input, image - 0.5)
+    assert batch.path == ["a.jpg", "b.jpg"] and batch.face_index.tolist() == [0, 1]
 
 
 def test_without_trainer_nothing_is_counted():
@@ -291,7 +291,7 @@ def test_augmentation_is_off_by_default():
     dm = make_dm()
     dm.trainer = _FakeTrainer(training=True)
     batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
-    assert torch.equal(batch["input"], batch["image"] - 0.5)
+    assert torch.equal(batch.input, batch.image - 0.5)
 
 
 def test_augmentation_changes_training_input_only():
@@ -299,8 +299,8 @@ def test_augmentation_changes_training_input_only():
     dm = make_dm(augment=True)
     dm.trainer = _FakeTrainer(training=True)
     train = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
-    assert not torch.equal(train["input"], train["image"] - 0.5)
-    assert torch.all((train["input"] + 0.5) * (1 - train["mask"]) == 0)  # background stays black
+    assert not torch.equal(train.input, train.image - 0.5)
+    assert torch.all((train.input + 0.5) * (1 - train.mask) == 0)  # background stays black
     dm.trainer = _FakeTrainer(training=False)
     val = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
-    assert torch.equal(val["input"], val["image"] - 0.5)
+    assert torch.equal(val.input, val.image - 0.5)

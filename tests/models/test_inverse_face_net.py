@@ -1,4 +1,4 @@
-"""InverseFaceNet and create_backbone (SPEC §4): head initialisation, output size, offline
+"""InverseFaceNet and create_backbone: head initialisation, output size, offline
 pretrained weights and local checkpoints, and one training step on a rendered batch."""
 
 from __future__ import annotations
@@ -13,13 +13,20 @@ import torch
 from torch import nn
 
 from ifn.data.datamodule import SyntheticFaceDataModule
-from ifn.models.inverse_face_net import InverseFaceNet, create_backbone
+from ifn.models.backbone import create_backbone
+from ifn.models.inverse_face_net import InverseFaceNet
+from ifn.render.settings import RenderSettings
 
 N_SHAPE, N_EXPRESSION, N_REFLECTANCE = 3, 2, 3
-#: |θ| from SPEC §2: 3 rotation + θs + θe + θr + 9 SH × RGB.
+#: |θ|: 3 rotation + θs + θe + θr + 9 SH × RGB.
 M = 3 + N_SHAPE + N_EXPRESSION + N_REFLECTANCE + 27
 SMALL = "mobilenetv3_small_050"  # 0.6 M parameters, 1024 → m head
-SIZES = {"n_shape": N_SHAPE, "n_expression": N_EXPRESSION, "n_reflectance": N_REFLECTANCE}
+RENDER = RenderSettings(n_shape=N_SHAPE, n_expression=N_EXPRESSION, n_reflectance=N_REFLECTANCE, image_size=32,
+                        backend="torch")
+
+
+def _renderer():  # noqa: ANN202
+    return RENDER.build_renderer()
 
 
 
@@ -59,7 +66,7 @@ def test_head_initialisation_statistics(backbone: str):
 
 
 def test_output_size_is_the_layout_size():
-    model = InverseFaceNet(backbone=SMALL, image_size=32, backend="torch", **SIZES)
+    model = InverseFaceNet(backbone=SMALL, renderer=_renderer())
     assert model.layout.size == M
     model.eval()
     with torch.no_grad():
@@ -70,7 +77,7 @@ def test_output_size_is_the_layout_size():
 
 
 def test_default_optimizer_is_the_papers_adadelta():
-    model = InverseFaceNet(backbone=SMALL, image_size=32, backend="torch", **SIZES)
+    model = InverseFaceNet(backbone=SMALL, renderer=_renderer())
     optimizer = model.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adadelta)
     assert optimizer.defaults["lr"] == 0.01 and optimizer.defaults["weight_decay"] == 0.001
@@ -99,7 +106,7 @@ def test_pretrained_offline_fails_with_a_clear_message(offline_hub):
     assert SMALL in message
     assert "--model.backbone_checkpoint" in message and "--model.pretrained false" in message
     with pytest.raises(RuntimeError, match="backbone_checkpoint"):
-        InverseFaceNet(backbone=SMALL, pretrained=True, image_size=32, backend="torch", **SIZES)
+        InverseFaceNet(backbone=SMALL, pretrained=True, renderer=_renderer())
 
 
 def test_missing_checkpoint_raises_file_not_found(tmp_path):
@@ -107,7 +114,7 @@ def test_missing_checkpoint_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         create_backbone(SMALL, M, checkpoint_path=str(missing))
     with pytest.raises(FileNotFoundError):
-        InverseFaceNet(backbone=SMALL, backbone_checkpoint=str(missing), image_size=32, backend="torch", **SIZES)
+        InverseFaceNet(backbone=SMALL, backbone_checkpoint=str(missing), renderer=_renderer())
 
 
 def test_unknown_backbone_is_a_value_error():
@@ -153,7 +160,7 @@ def test_local_checkpoint_loads_the_body_and_reinitialises_the_head(
     assert torch.count_nonzero(head.bias) == 0
     assert abs(head.weight.std().item() - 0.01) < 0.002
 
-    model = InverseFaceNet(backbone=SMALL, backbone_checkpoint=str(path), image_size=32, backend="torch", **SIZES)
+    model = InverseFaceNet(backbone=SMALL, backbone_checkpoint=str(path), renderer=_renderer())
     first = next(k for k in saved if k not in head_keys)
     assert torch.equal(model.net.state_dict()[first], saved[first])
     assert torch.count_nonzero(_head(model.net).bias) == 0
@@ -163,8 +170,8 @@ def test_local_checkpoint_loads_the_body_and_reinitialises_the_head(
 
 
 def test_training_step_gives_finite_loss_and_backbone_gradients():
-    dm = SyntheticFaceDataModule(image_size=32, backend="torch", batch_size=4, val_size=4, test_size=4, **SIZES)
-    model = InverseFaceNet(backbone=SMALL, image_size=32, backend="torch", **SIZES)
+    dm = SyntheticFaceDataModule(render=RENDER, batch_size=4, val_size=4, test_size=4)
+    model = InverseFaceNet(backbone=SMALL, renderer=_renderer())
     batch = dm.render_batch(dm.source.batch(0, 0, 4))
     model.train()
     with pytest.warns(UserWarning, match="self.log"):  # no Trainer attached: logging is skipped

@@ -210,6 +210,14 @@ def test_fit_then_test_writes_metrics_json(tmp_path, capsys):
         assert metrics[f"test/geometric_error_mm{suffix}"] >= 0
     # The mean face differs from random faces: its geometric error is positive.
     assert metrics["test/geometric_error_mm_mean_face"] > 0
+    # The checkpoint knows its face model; testing it with another one is a one-line error.
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert len(saved["ifn"]["face_model"]["sha256"]) == 64
+    capsys.readouterr()
+    assert main(["test", *common, "--data.render.n_shape=4", f"--ckpt_path={checkpoint}"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("ifn: error: ") and "3/2/3 modes" in error and "4/2/3 modes" in error
+    assert "Traceback" not in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -215,9 +215,10 @@ def test_fit_then_test_writes_metrics_json(tmp_path, capsys):
     assert len(saved["ifn"]["face_model"]["sha256"]) == 64
     capsys.readouterr()
     assert main(["test", *common, "--data.render.n_shape=4", f"--ckpt_path={checkpoint}"]) == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
+    stderr = capsys.readouterr().err
+    error = stderr.strip().splitlines()[-1]
     assert error.startswith("ifn: error: ") and "3/2/3 modes" in error and "4/2/3 modes" in error
-    assert "Traceback" not in capsys.readouterr().err
+    assert "Traceback" not in stderr
 
 
 @pytest.mark.slow

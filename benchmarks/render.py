@@ -1,6 +1,6 @@
 """Render throughput, and how it compares with one training step of the network.
 
-Renders batches of θ drawn from the SPEC §3 prior and prints one JSON line::
+Renders batches of θ drawn from the synthetic prior (ifn.data.priors) and prints one JSON line::
 
     python benchmarks/render.py --face-model procedural --device cpu
     python benchmarks/render.py --face-model /tmp/ict.npz --device cuda --backend nvdiffrast

@@ -1,4 +1,4 @@
-"""The parameter vector θ = (R, θs, θe, θr, θi) and its layout (SPEC §2).
+"""The parameter vector θ = (R, θs, θe, θr, θi) and its layout.
 
 Convention:
     θ is flat, ``(B, m)``, in this order: rotation ``(α, β, γ)`` in radians, θs, θe, θr,

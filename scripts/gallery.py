@@ -3,7 +3,7 @@
     python scripts/gallery.py                                  # procedural only
     python scripts/gallery.py --face-model procedural --face-model /tmp/ict.npz
 
-Faces are drawn from the SPEC §3 prior (the paper's monochrome light); the first row
+Faces are drawn from the synthetic prior (ifn.data.priors) (the paper's monochrome light); the first row
 of each sheet is the mean face under frontal white light, then yaw −40°…40°.
 """
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install ifn with everything it needs, in ONE pip call
-# (SPEC §8: later separate installs can break the mediapipe/protobuf/numpy pins).
+# (later separate installs can break the mediapipe/protobuf/numpy pins).
 # Usage: bash scripts/setup.sh [extra pip args...]   e.g. IFN_EXTRAS=dev,gpu bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-"""Synthetic-data priors over θ (SPEC §3): independent sampling of each group.
+"""Synthetic-data priors over θ (the paper's Section 5): independent sampling of each group.
 
 =================  =======================================================
 group              distribution (defaults = the paper)

@@ -1,4 +1,4 @@
-"""Linear morphable face model (SPEC §2): geometry, reflectance, topology and its file format.
+"""Linear morphable face model: geometry, reflectance, topology and its file format.
 
 Geometry and reflectance are the paper's Eqs. 2 and 3::
 
@@ -80,7 +80,7 @@ _ARRAY_KEYS = (
 
 @dataclass(frozen=True)
 class ExpressionPrior:
-    """The synthetic-data prior of a face model's expression coefficients (SPEC §3).
+    """The synthetic-data prior of a face model's expression coefficients.
 
     Each θe,j ~ U(low, high); the first coefficient is shifted by ``first_bias`` (the
     paper's +4.8 keeps the mouth from closing beyond anatomical limits). Every face model

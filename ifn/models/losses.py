@@ -1,4 +1,4 @@
-"""The model-space loss of the paper (SPEC §4, Section 6.2).
+"""The model-space loss of the paper (its Section 6.2).
 
 ``L(p, θ) = (p − θ)ᵀ A (p − θ)`` with ``A = ΣᵀΣ`` and
 ``Σ = diag(ωR·1₃, ωs·σs, ωe·σe, ωr·σr, ωi·1₂₇)``: a parameter error costs what it does to

@@ -1,4 +1,4 @@
-"""The paper's evaluation metrics (SPEC §7) as torchmetrics ``Metric`` objects.
+"""The paper's evaluation metrics (its Section 8) as torchmetrics ``Metric`` objects.
 
 Every metric is a per-image error averaged over images; the paper reports mean ± std
 over images (Table 1). Each metric therefore keeps only DDP-reducible sum states

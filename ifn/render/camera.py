@@ -1,4 +1,4 @@
-"""Head rotation, full-perspective projection and the landmark framing rule (SPEC §2).
+"""Head rotation, full-perspective projection and the landmark framing rule.
 
 Convention:
     * ``R = Rot_xyz(α, β, γ) = Rz(γ) · Ry(β) · Rx(α)``: the paper rotates *successively*

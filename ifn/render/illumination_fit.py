@@ -1,6 +1,6 @@
 """Closed-form fit of SH illumination to a photo (analysis by synthesis, lighting only).
 
-With geometry and albedo fixed, a render is linear in the 9×3 SH coefficients θi (SPEC §2),
+With geometry and albedo fixed, a render is linear in the 9×3 SH coefficients θi,
 so the lighting that best explains a photo inside a mask is a small least-squares problem
 per image and colour channel. No library solves this masked, batched, ridge-regularised
 9-unknown problem directly, so it is written here (``torch.linalg.solve`` does the algebra).

@@ -1,4 +1,4 @@
-"""FaceRenderer: θ → masked, framed face image (SPEC §2), on any device.
+"""FaceRenderer: θ → masked, framed face image, on any device.
 
 The pipeline is geometry (Eq. 2) → rotation about the face centre → vertex normals →
 SH Lambertian shading per vertex (Eq. 4, albedo from Eq. 3) → full-perspective

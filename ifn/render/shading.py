@@ -1,4 +1,4 @@
-"""Vertex normals and second-order spherical-harmonics Lambertian shading (SPEC §2).
+"""Vertex normals and second-order spherical-harmonics Lambertian shading.
 
 Convention:
     ``H_k = √(4π) · Y_k``: the 9 real SH basis functions, scaled so that the constant

@@ -1,4 +1,4 @@
-"""Metrics of SPEC §7: hand-made inputs with known errors, and exact DDP sync (2 gloo processes)."""
+"""The paper's metrics: hand-made inputs with known errors, and exact DDP sync (2 gloo processes)."""
 
 from __future__ import annotations
 

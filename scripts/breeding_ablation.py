@@ -11,7 +11,7 @@ whose ``test_metrics.json`` exists is not repeated, so an interrupted ablation r
         --heldout /tmp/faces_split/heldout --seeds 0 1 2 --parallel 1
     # extra arguments go to every `ifn fit` / `ifn test`, e.g. --data.render.backend torch
 
-About 15 minutes per run on 2 CPU cores with configs/quickstart_breeding.yaml; on a GPU
+Each run is one breeding fit and one test (the README gives their times); on a GPU
 several runs fit side by side (``--parallel``).
 """
 

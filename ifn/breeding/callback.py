@@ -16,9 +16,9 @@ After ``start_step`` synthetic steps, every ``every_n_steps`` for ``rounds`` rou
 Options beyond the paper, for small corpora: ``refine_illumination`` re-fits each real
 face's SH lighting to its photo in closed form before it enters the bank (the network alone
 cannot learn light it never predicts), ``crossover`` recombines θ groups across faces, and
-``groups`` breeds only some groups. With the 20-photo development corpus, bred-only
-training drifts; ``configs/quickstart_breeding.yaml`` (fresh perturbations, 50 % prior,
-lighting re-fit) is what beat the synthetic-only baseline on held-out photos.
+``groups`` breeds only some groups. With a small corpus, bred-only training on fixed
+copies can over-fit the bank and drift; ``configs/quickstart_breeding.yaml`` mixes in the
+prior, perturbs afresh and re-fits the lighting (the README compares the variants).
 
 The round, the bank and the seed are saved in checkpoints; resuming restores the bank
 and the source. Each round logs its size and statistics of the bank against the prior,

@@ -11,8 +11,8 @@ Convention:
     displacement per vertex for shape and expression, albedo units per vertex for
     reflectance). Stored σ's grow with √V (they are norms over all vertices), so using
     them raw makes the loss depend on mesh resolution and lets geometry outweigh rotation
-    by 10⁴ with the paper's weights; per vertex, the paper's ω's keep every group in play
-    (1° of rotation ≈ 50, 1 σ of the first ICT shape mode ≈ 3·10⁴, a unit of light = 400).
+    by orders of magnitude with the paper's weights; per vertex, the paper's ω's keep every
+    group in play (``docs/conventions.md`` works the magnitudes out for a real face model).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 nvdiffrast comes from the ``diffrp-nvdiffrast`` package (``pip install 'ifn[gpu]'``) under
 NVIDIA's non-commercial source licence, so it stays optional and is imported lazily; the
 pure-PyTorch rasterizer produces the same fragments on its own. Its CUDA plugin is
-JIT-compiled on first use (needs ``nvcc`` and ``ninja``; about two minutes once).
+JIT-compiled on first use (needs ``nvcc`` and ``ninja``; once per machine and version).
 
 NHWC lives only in this file: nvdiffrast's ``(B, H, W, 4)`` output becomes :class:`Fragments`.
 """

@@ -68,7 +68,7 @@ class _Topology:
         """Area-weighted unit normals ``(B, V_d, 3)`` of the drawn vertices.
 
         Same result as :func:`~ifn.render.shading.vertex_normals` restricted to ``drawn``,
-        but as one sparse product instead of scatter-adds (several times faster on CPU).
+        but as one sparse product instead of scatter-adds (fewer passes over memory on the CPU).
         """
         batch = vertices.shape[0]
         per_vertex = vertices.transpose(0, 1)  # (V, B, 3): gathers along dim 0 are fastest

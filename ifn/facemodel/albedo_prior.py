@@ -1,28 +1,35 @@
-"""A hand-made per-vertex albedo prior for face models that come without one (SPEC §2).
+"""The painted albedo prior shared by every face model without a measured reflectance model.
 
-ICT-FaceKit (and any geometry-only model) has no reflectance PCA, but the paper's
-F_r = a_r + Σ b_r,i σ_r,i θ_r,i needs one. This module builds a *prior*, not a
-measurement: a painted mean albedo plus hand-chosen modes of variation, orthonormalised
-exactly like a PCA basis so that θr ~ N(0, 1) gives plausible albedos.
+The paper's F_r = a_r + Σ b_r,i σ_r,i θ_r,i needs a mean albedo and modes; the procedural
+model and ICT-FaceKit have none, so both get this *prior*, not a measurement: a painted
+mean plus hand-chosen modes of variation, orthonormalised exactly like a PCA basis so that
+θr ~ N(0, 1) gives plausible albedos.
 
-Construction:
+Defined here once, for every model:
 
-1. **Regions.** Soft per-vertex weights in ``[0, 1]`` for the layers of :data:`REGIONS`,
-   composited bottom to top (skin is the base; later layers paint over earlier ones),
-   which turns them into a partition of unity (:func:`region_coverage`).
-   :func:`landmark_region_weights` derives lips, brows, cheeks and nose from the 68 iBUG
-   landmarks of any face model; eye regions come from the model itself.
-2. **Mean.** The coverage-weighted blend of one linear-RGB colour per region
-   (:data:`REGION_COLORS`): soft weights give smooth transitions.
-3. **Modes.** Each named mode is an albedo change at +1σ (a ``(V, 3)`` field): global skin
-   tone (brightness, redness, yellowness), regional variation (lip colour and darkness,
-   brow darkness, cheek and nose redness, iris and sclera) and a few smooth low-frequency
-   spatial modes over the face (left/right, up/down, centre/periphery, chin/forehead tint).
-   Brightness-like modes are relative to the local mean colour, so dark regions stay
-   non-negative.
-4. **Orthonormalise.** The σ-scaled modes are stacked as rows of ``M`` (``n × 3V``) and
-   ``M = U S Vᵀ`` gives basis = rows of ``Vᵀ`` and σ = ``S`` — the covariance ``MᵀM`` of
-   the hand-made modes is reproduced exactly, as for the shape modes of a σ-scaled model.
+* **Colours.** One linear-RGB colour per painted region (:data:`REGION_COLORS`, regions
+  listed bottom to top in :data:`REGIONS`).
+* **Modes.** Each named mode of :data:`MODES` is an albedo change at +1σ (a ``(V, 3)``
+  field): global skin tone (brightness, redness, yellowness, saturation), regional
+  variation (lip colour and darkness, brow darkness, cheek and nose redness, beard shadow,
+  under-eye darkness, iris and sclera) and smooth low-frequency spatial modes over the
+  face (left/right, up/down, centre/periphery, chin/forehead tint). Apart from the small
+  fixed iris and sclera tints, colour changes are relative to the local mean colour
+  (mean ⊙ direction), so dark regions keep their hue and stay non-negative.
+  :func:`mode_fields` evaluates them from per-vertex mode weights.
+* **Orthonormalisation.** The σ-scaled modes are the rows of ``M`` (``n × 3V``) and
+  ``M = U S Vᵀ`` gives basis = rows of ``Vᵀ`` and σ = ``S``
+  (:func:`~ifn.facemodel.basis.orthonormal_basis`): the covariance ``MᵀM`` of the
+  hand-made modes is reproduced exactly, as for the shape modes of a σ-scaled model.
+
+What differs by model is only *where* the regions are. :func:`build_reflectance_prior`
+builds the whole prior from soft region weights, e.g. those of
+:func:`landmark_region_weights` (any mesh with the 68 iBUG landmarks) plus the model's own
+eye regions: the weights are composited bottom to top into a partition of unity
+(:func:`region_coverage`) and the mean is the coverage-weighted blend of the colours. The
+procedural model paints its finer regions itself (nostrils, lashes, under-eyes, a beard
+area) with these colours and builds the same modes with :func:`mode_fields` and
+:func:`face_coordinates`.
 
 Convention:
     Albedo is linear RGB (not sRGB) in ``[0, 1]``; positions are model-space millimetres,
@@ -33,74 +40,125 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
-import torch
 
-from ifn.facemodel.regions import points_in_polygon
+from ifn.facemodel.basis import orthonormal_basis
+from ifn.facemodel.geometry import distance_to_polyline, signed_distance, smoothstep
 
 __all__ = [
-    "MODE_SIGMAS",
+    "MELANIN",
+    "MODES",
+    "REDDEN",
     "REGIONS",
     "REGION_COLORS",
+    "YELLOW",
+    "AlbedoMode",
     "ReflectancePrior",
     "build_reflectance_prior",
+    "face_coordinates",
     "in_range_fraction",
     "landmark_region_weights",
+    "mode_fields",
     "region_coverage",
 ]
 
-#: Region layers in compositing order, bottom (base) to top.
-REGIONS: tuple[str, ...] = ("skin", "cheeks", "nose", "lips", "brows", "sclera", "iris", "pupil")
+#: Painted regions in compositing order, bottom (base) to top. A model paints the ones it has.
+REGIONS: tuple[str, ...] = (
+    "skin", "cheeks", "nose", "under_eyes", "nostrils", "lips", "brows", "lashes", "sclera", "iris", "pupil",
+)  # fmt: skip
 
-#: Mean linear-RGB albedo of each region (a light skin tone; variation comes from the modes).
+_SKIN = (0.60, 0.42, 0.33)
+
+
+def _scaled(colour: tuple[float, float, float], factors: tuple[float, float, float]) -> tuple[float, float, float]:
+    return (colour[0] * factors[0], colour[1] * factors[1], colour[2] * factors[2])
+
+
+#: Mean linear-RGB albedo of each region: a light skin tone (variation comes from the modes).
+#: The nose is the skin a little redder, the under-eyes the skin a little darker.
 REGION_COLORS: dict[str, tuple[float, float, float]] = {
-    "skin": (0.60, 0.42, 0.33),
-    "cheeks": (0.62, 0.40, 0.32),
-    "nose": (0.62, 0.41, 0.32),
+    "skin": _SKIN,
+    "cheeks": (0.63, 0.40, 0.32),
+    "nose": _scaled(_SKIN, (1.03, 0.98, 0.97)),
+    "under_eyes": _scaled(_SKIN, (0.9, 0.9, 0.9)),
+    "nostrils": (0.20, 0.11, 0.09),
     "lips": (0.48, 0.24, 0.21),
-    "brows": (0.22, 0.15, 0.11),
-    "sclera": (0.78, 0.74, 0.70),
-    "iris": (0.17, 0.11, 0.08),
+    "brows": (0.16, 0.11, 0.08),
+    "lashes": (0.10, 0.07, 0.05),
+    "sclera": (0.66, 0.62, 0.58),
+    "iris": (0.16, 0.10, 0.07),
     "pupil": (0.02, 0.02, 0.02),
 }
 
-#: How strongly each region follows the global skin-tone modes.
-_TONE_PARTICIPATION: dict[str, float] = {
-    "skin": 1.0,
-    "cheeks": 1.0,
-    "nose": 1.0,
-    "lips": 0.7,
-    "brows": 0.3,
-    "sclera": 0.0,
-    "iris": 0.0,
-    "pupil": 0.0,
-}
+#: Relative colour change of reddening: more red, a little less green and blue.
+REDDEN: tuple[float, float, float] = (1.0, -0.25, -0.25)
+#: Relative colour change of yellowing: less blue.
+YELLOW: tuple[float, float, float] = (0.3, 0.3, -1.0)
+#: Relative brightness change per channel: darker skin absorbs relatively more at short
+#: wavelengths, so blue varies the most.
+MELANIN: tuple[float, float, float] = (0.85, 1.0, 1.15)
+#: Rec. 709 luminance of linear RGB (the grey a saturation change moves towards or away from).
+_LUMINANCE = (0.2126, 0.7152, 0.0722)
+#: Lips and brows follow the skin-tone modes only partly: the "tone" weight is
+#: skin × (1 - 0.7 lips) × (1 - 0.7 brows).
+_TONE_DAMPING = 0.7
+#: Regions of the eyeballs, where no skin mode acts.
+_EYE_REGIONS = ("sclera", "iris", "pupil")
+#: Mode weights a model may supply to :func:`mode_fields` ("skin" is required).
+_MODE_WEIGHTS = ("skin", "lips", "brows", "cheeks", "nose", "beard", "under_eyes", "iris", "sclera")
 
-#: The hand-chosen standard deviation of each mode (its size at θ = 1, before orthonormalisation).
-MODE_SIGMAS: dict[str, float] = {
-    "skin_brightness": 0.18,  # relative: x (1 ± 0.18) of the local mean colour (a bit more in G, B)
-    "skin_redness": 0.04,  # relative
-    "skin_yellowness": 0.05,  # relative
-    "lip_redness": 0.040,
-    "lip_darkness": 0.15,  # relative
-    "brow_darkness": 0.30,  # relative
-    "cheek_redness": 0.025,
-    "nose_redness": 0.020,
-    "iris_lightness": 0.30,  # relative
-    "iris_hue": 0.025,
-    "sclera_tint": 0.030,
-    "spatial_left_right": 0.035,  # relative, at the edge of the face
-    "spatial_up_down": 0.035,
-    "spatial_centre_periphery": 0.035,
-    "spatial_chin_forehead_tint": 0.015,
-}
 
-_REDDEN = np.array([1.0, -0.2, -0.15])
-# Darker skin absorbs relatively more at short wavelengths: brightness varies G and B a bit more.
-_MELANIN = np.array([1.0, 1.1, 1.2])
-_REDDEN_RELATIVE = np.array([1.0, -0.3, -0.3])
-_YELLOW_RELATIVE = np.array([0.3, 0.3, -1.0])
+@dataclass(frozen=True)
+class AlbedoMode:
+    """One hand-made mode of albedo variation.
+
+    Its change at θ = +1 is, per vertex and evaluated left to right,
+    ``sigma · weight [· coordinate] · colour``, where colour is the local mean colour
+    (times ``direction`` if given) for ``colour="mean"``, the mean minus its luminance for
+    ``"chroma"``, or ``direction`` itself for ``"fixed"``.
+
+    Attributes:
+        sigma: the mode's size at θ = 1 before orthonormalisation (its sign only orients
+            the hand-made mode: basis signs are fixed afterwards).
+        weight: where it acts: ``"skin"`` (everything but the eyeballs), ``"tone"`` (skin,
+            lips and brows damped), ``"lips"``, ``"brows"``, ``"cheeks"``, ``"nose"``,
+            ``"beard"`` and ``"under_eyes"`` (on skin only), ``"iris"``, ``"sclera"``.
+        colour: ``"mean"``, ``"chroma"`` or ``"fixed"``.
+        direction: linear-RGB direction (relative for ``"mean"``, absolute for ``"fixed"``).
+        coordinate: ``"u"`` (left/right), ``"v"`` (up/down) or ``"radial"`` from
+            :func:`face_coordinates`, for the spatial modes.
+    """
+
+    sigma: float
+    weight: str
+    colour: Literal["mean", "chroma", "fixed"] = "mean"
+    direction: tuple[float, float, float] | None = None
+    coordinate: Literal["u", "v", "radial"] | None = None
+
+
+#: The hand-made modes, in the order they are stacked for the orthonormalisation.
+MODES: dict[str, AlbedoMode] = {
+    "skin_brightness": AlbedoMode(0.18, "skin", direction=MELANIN),
+    "skin_redness": AlbedoMode(0.05, "tone", direction=REDDEN),
+    "skin_yellowness": AlbedoMode(0.04, "tone", direction=YELLOW),
+    "skin_saturation": AlbedoMode(0.15, "tone", colour="chroma"),
+    "lip_redness": AlbedoMode(0.08, "lips", direction=REDDEN),
+    "lip_darkness": AlbedoMode(0.15, "lips"),
+    "brow_darkness": AlbedoMode(0.3, "brows"),
+    "cheek_redness": AlbedoMode(0.05, "cheeks", direction=REDDEN),
+    "nose_redness": AlbedoMode(0.04, "nose", direction=REDDEN),
+    "beard_shadow": AlbedoMode(-0.10, "beard"),
+    "under_eye_darkness": AlbedoMode(-0.08, "under_eyes"),
+    "iris_lightness": AlbedoMode(0.35, "iris"),
+    "iris_hue": AlbedoMode(0.025, "iris", colour="fixed", direction=(-0.6, 0.1, 1.0)),
+    "sclera_tint": AlbedoMode(0.03, "sclera", colour="fixed", direction=(0.2, -0.3, -1.0)),
+    "spatial_left_right": AlbedoMode(0.035, "skin", coordinate="u"),
+    "spatial_up_down": AlbedoMode(0.035, "skin", coordinate="v"),
+    "spatial_centre_periphery": AlbedoMode(0.035, "skin", coordinate="radial"),
+    "spatial_chin_forehead_tint": AlbedoMode(0.03, "tone", direction=REDDEN, coordinate="v"),
+}
 
 
 @dataclass(frozen=True)
@@ -120,6 +178,95 @@ class ReflectancePrior:
     std: np.ndarray
     mode_names: tuple[str, ...]
     coverage: dict[str, np.ndarray]
+
+
+def face_coordinates(vertices: np.ndarray, region: np.ndarray) -> dict[str, np.ndarray]:
+    """Normalised frontal coordinates over a face region, for the spatial modes.
+
+    ``u`` and ``v`` are x and y relative to the region's centroid, divided by the region's
+    largest offset from it (so ±1 at its extremes) and clipped to ``[-1.5, 1.5]``;
+    ``radial`` is ``u² + v²`` minus its mean over the region.
+
+    Args:
+        vertices: ``(V, 2 or 3)`` positions.
+        region: ``(V,)`` bool; all vertices if it has fewer than 3.
+
+    Returns:
+        ``{"u", "v", "radial": (V, 1)}``.
+
+    Example:
+        >>> c = face_coordinates(np.array([[-2.0, 0.0], [2.0, 1.0], [0.0, -1.0]]), np.ones(3, bool))
+        >>> c["u"].ravel().tolist(), c["v"].ravel().tolist()
+        ([-1.0, 1.0, 0.0], [0.0, 1.0, -1.0])
+    """
+    region = np.asarray(region, bool)
+    if region.sum() < 3:
+        region = np.ones(len(vertices), bool)
+    centre = vertices[region, :2].mean(axis=0)
+    half = np.maximum(np.abs(vertices[region, :2] - centre).max(axis=0), 1e-9)
+    uv = np.clip((vertices[:, :2] - centre) / half, -1.5, 1.5)
+    u, v = uv[:, :1], uv[:, 1:]
+    radial = u**2 + v**2
+    radial = radial - radial[region].mean()
+    return {"u": u, "v": v, "radial": radial}
+
+
+def mode_fields(
+    mean: np.ndarray, weights: Mapping[str, np.ndarray], coordinates: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The σ-scaled fields of the :data:`MODES` a model has the weights for.
+
+    Args:
+        mean: ``(V, 3)`` the model's mean albedo.
+        weights: ``{name: (V,)}`` soft weights in ``[0, 1]``: ``"skin"`` (required:
+            everything but the eyeballs), and any of ``"lips"``, ``"brows"``, ``"cheeks"``,
+            ``"nose"``, ``"beard"``, ``"under_eyes"``, ``"iris"``, ``"sclera"``. A mode whose
+            weight is missing is left out; ``"tone"`` is derived from skin, lips and brows.
+        coordinates: :func:`face_coordinates` of the model.
+
+    Returns:
+        ``{mode: (V, 3)}`` changes at θ = +1, in :data:`MODES` order.
+
+    Raises:
+        ValueError: for an unknown or missing weight, or mismatched shapes.
+    """
+    unknown = sorted(set(weights) - set(_MODE_WEIGHTS))
+    if unknown or "skin" not in weights:
+        raise ValueError(f"mode weights must include 'skin' and be among {list(_MODE_WEIGHTS)}, got {sorted(weights)}")
+    mean = np.asarray(mean, dtype=np.float64)
+    n = len(mean)
+    if mean.shape != (n, 3):
+        raise ValueError(f"mean must have shape (V, 3), got {mean.shape}")
+    w: dict[str, np.ndarray] = {}
+    for name, value in weights.items():
+        value = np.asarray(value, dtype=np.float64)
+        if value.shape != (n,):
+            raise ValueError(f"mode weight {name!r} must have shape ({n},), got {value.shape}")
+        w[name] = value[:, None]
+    skin = w["skin"]
+    lips, brows = w.get("lips", np.zeros((n, 1))), w.get("brows", np.zeros((n, 1)))
+    w["tone"] = skin * (1.0 - _TONE_DAMPING * lips) * (1.0 - _TONE_DAMPING * brows)
+    for name in ("beard", "under_eyes"):
+        if name in w:
+            w[name] = skin * w[name]
+    lum = (mean * _LUMINANCE).sum(axis=1, keepdims=True)
+    fields: dict[str, np.ndarray] = {}
+    for name, mode in MODES.items():
+        if mode.weight not in w:
+            continue
+        field = mode.sigma * w[mode.weight]
+        if mode.coordinate is not None:
+            field = field * coordinates[mode.coordinate]
+        if mode.colour == "mean":
+            field = field * mean
+            if mode.direction is not None:
+                field = field * mode.direction
+        elif mode.colour == "chroma":
+            field = field * (mean - lum)
+        else:
+            field = field * mode.direction
+        fields[name] = field
+    return fields
 
 
 def region_coverage(weights: Mapping[str, np.ndarray], n_vertices: int) -> dict[str, np.ndarray]:
@@ -201,18 +348,15 @@ def landmark_region_weights(
     lm = landmarks
 
     lips_poly = lm[48:60, :2]
-    inside = points_in_polygon(torch.from_numpy(vertices[:, :2]), torch.from_numpy(lips_poly)).numpy()
-    dist = _distance_to_polyline(vertices[:, :2], np.vstack([lips_poly, lips_poly[:1]]))
-    signed = np.where(inside, dist, -dist)
-    lips = _smoothstep(-0.5, 1.0, signed)
+    lips = smoothstep(-0.5, 1.0, signed_distance(vertices[:, :2], lips_poly))
 
     # iBUG brow points run along the brow's upper edge: centre the band 4 % of the eye-corner
     # distance (~3.5 mm) below them.
     drop = np.array([0.0, 0.04 * np.linalg.norm(lm[36] - lm[45]), 0.0])
     brow_dist = np.minimum(
-        _distance_to_polyline(vertices, lm[17:22] - drop), _distance_to_polyline(vertices, lm[22:27] - drop)
+        distance_to_polyline(vertices, lm[17:22] - drop), distance_to_polyline(vertices, lm[22:27] - drop)
     )
-    brows = 1.0 - _smoothstep(3.5, 6.5, brow_dist)
+    brows = 1.0 - smoothstep(3.5, 6.5, brow_dist)
 
     cheeks = np.zeros(len(vertices))
     for eye, mouth in ((36, 48), (45, 54)):
@@ -226,9 +370,9 @@ def landmark_region_weights(
         cheeks = np.maximum(cheeks, np.exp(-0.5 * d2 / sigma**2))
 
     nose_dist = np.minimum(
-        _distance_to_polyline(vertices, lm[27:31]), _distance_to_polyline(vertices, lm[[31, 32, 33, 30, 33, 34, 35]])
+        distance_to_polyline(vertices, lm[27:31]), distance_to_polyline(vertices, lm[[31, 32, 33, 30, 33, 34, 35]])
     )
-    nose = 1.0 - _smoothstep(3.0, 9.0, nose_dist)
+    nose = 1.0 - smoothstep(3.0, 9.0, nose_dist)
 
     out = {"lips": lips, "brows": brows, "cheeks": cheeks, "nose": nose}
     return {name: np.clip(np.where(allowed, w, 0.0), 0.0, 1.0) for name, w in out.items()}
@@ -242,15 +386,21 @@ def build_reflectance_prior(
 ) -> ReflectancePrior:
     """Build the mean albedo and an orthonormal basis with σ's from region weights.
 
+    The mean is the coverage-weighted blend of :data:`REGION_COLORS`; the modes are
+    :func:`mode_fields` with the coverages as mode weights ("skin" = everything but
+    sclera, iris and pupil), leaving out modes that are zero everywhere (no such region);
+    the basis is their SVD, numerically zero modes dropped, each mode's largest component
+    positive.
+
     Args:
         vertices: ``(V, 3)`` neutral positions in millimetres (for the spatial modes).
         weights: ``{region: (V,)}`` soft weights (see :func:`region_coverage`).
         spatial_region: ``(V,)`` bool, the vertices whose extent normalises the spatial modes
-            (e.g. the face mask); all skin-toned vertices when ``None``.
+            (e.g. the face mask); its skin vertices are used, all skin vertices when ``None``.
 
     Returns:
-        The prior; θr ~ N(0, 1) keeps ≥ 99 % of albedo values in ``[0, 1]`` for the default
-        colours and σ's (see :func:`in_range_fraction`).
+        The prior; θr ~ N(0, 1) is meant to keep ≥ 99 % of albedo values in ``[0, 1]``
+        (see :func:`in_range_fraction`).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -264,43 +414,17 @@ def build_reflectance_prior(
         raise ValueError(f"vertices must have shape (V, 3), got {vertices.shape}")
     n = len(vertices)
     cov = region_coverage(weights, n)
-    colors = {name: np.asarray(REGION_COLORS[name]) for name in REGIONS}
-    mean = sum(cov[name][:, None] * colors[name] for name in REGIONS)
-    tone = sum(_TONE_PARTICIPATION[name] * cov[name] for name in REGIONS)[:, None]
-
-    # Normalised face coordinates for the spatial modes: u, v in about [-1, 1].
-    region = (tone[:, 0] > 0.5) if spatial_region is None else np.asarray(spatial_region, bool) & (tone[:, 0] > 0.5)
-    if region.sum() < 3:
-        region = np.ones(n, bool)
-    centre = vertices[region, :2].mean(axis=0)
-    half = np.maximum(np.abs(vertices[region, :2] - centre).max(axis=0), 1e-9)
-    uv = np.clip((vertices[:, :2] - centre) / half, -1.5, 1.5)
-    u, v = uv[:, :1], uv[:, 1:]
-    radial = u**2 + v**2
-    radial = radial - radial[region].mean()
-
-    directions: dict[str, np.ndarray] = {
-        "skin_brightness": tone * mean * _MELANIN,
-        "skin_redness": tone * mean * _REDDEN_RELATIVE,
-        "skin_yellowness": tone * mean * _YELLOW_RELATIVE,
-        "lip_redness": cov["lips"][:, None] * _REDDEN,
-        "lip_darkness": cov["lips"][:, None] * colors["lips"],
-        "brow_darkness": cov["brows"][:, None] * colors["brows"],
-        "cheek_redness": cov["cheeks"][:, None] * _REDDEN,
-        "nose_redness": cov["nose"][:, None] * _REDDEN,
-        "iris_lightness": cov["iris"][:, None] * colors["iris"],
-        "iris_hue": cov["iris"][:, None] * np.array([-0.6, 0.1, 1.0]),
-        "sclera_tint": cov["sclera"][:, None] * np.array([0.2, -0.3, -1.0]),
-        "spatial_left_right": tone * u * mean,
-        "spatial_up_down": tone * v * mean,
-        "spatial_centre_periphery": tone * radial * mean,
-        "spatial_chin_forehead_tint": tone * v * _REDDEN,
-    }
-    names = tuple(name for name in MODE_SIGMAS if np.abs(directions[name]).max() > 0)
-    stacked = np.stack([MODE_SIGMAS[name] * directions[name].reshape(-1) for name in names])
-    _, s, vt = np.linalg.svd(stacked, full_matrices=False)
-    keep = s > 1e-9 * max(s[0], 1e-300)
-    basis, std = _fix_signs(vt[keep]), s[keep]
+    mean = sum(cov[name][:, None] * np.asarray(REGION_COLORS[name]) for name in REGIONS)
+    skin = sum(cov[name] for name in REGIONS if name not in _EYE_REGIONS)
+    region = skin > 0.5
+    if spatial_region is not None:
+        region &= np.asarray(spatial_region, bool)
+    mode_weights = {name: cov[name] for name in _MODE_WEIGHTS if name in cov}
+    mode_weights["skin"] = skin
+    fields = mode_fields(mean, mode_weights, face_coordinates(vertices, region))
+    names = tuple(name for name, field in fields.items() if np.abs(field).max() > 0)
+    stacked = np.stack([fields[name].reshape(-1) for name in names])
+    basis, std = orthonormal_basis(stacked, rtol=1e-9)
     return ReflectancePrior(mean=mean, basis=basis.reshape(-1, n, 3), std=std, mode_names=names, coverage=cov)
 
 
@@ -315,26 +439,3 @@ def in_range_fraction(prior: ReflectancePrior, *, n_samples: int = 256, seed: in
     theta = np.random.default_rng(seed).standard_normal((n_samples, len(prior.std)))
     albedo = prior.mean.reshape(1, -1) + (theta * prior.std) @ prior.basis.reshape(len(prior.std), -1)
     return float(((albedo >= 0.0) & (albedo <= 1.0)).mean())
-
-
-def _fix_signs(basis: np.ndarray) -> np.ndarray:
-    """Make the largest-magnitude component of every row positive (a deterministic sign)."""
-    idx = np.abs(basis).argmax(axis=1)
-    signs = np.sign(basis[np.arange(len(basis)), idx])
-    signs[signs == 0] = 1.0
-    return basis * signs[:, None]
-
-
-def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
-    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
-def _distance_to_polyline(points: np.ndarray, polyline: np.ndarray) -> np.ndarray:
-    """Distance of each point ``(N, D)`` to an open polyline ``(P, D)`` (P ≥ 2)."""
-    a, b = polyline[:-1][None], polyline[1:][None]  # (1, P-1, D)
-    p = points[:, None]  # (N, 1, D)
-    ab = b - a
-    t = np.clip(((p - a) * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0.0, 1.0)
-    closest = a + t[..., None] * ab
-    return np.linalg.norm(p - closest, axis=-1).min(axis=1)

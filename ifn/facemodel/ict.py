@@ -5,7 +5,7 @@ Source: https://github.com/ICT-VGL/ICT-FaceKit (MIT). Its ``FaceXModel`` folder 
 PCA mode, so identity weights are N(0, 1)), one OBJ per expression blendshape (full shapes
 at weight 1; weights range over 0..1) and ``vertex_indices.json``. OBJs are in centimetres.
 
-What :func:`convert_ict` builds (SPEC §2):
+What :func:`convert_ict` builds:
 
 * **Vertices:** the face area ``[0, 9409)`` plus the visible fronts of the eyeballs.
   ICT's eye is two closed shells: the sclera mesh is the *outer* surface (with the corneal
@@ -49,9 +49,11 @@ from zlib import error as zlib_error
 import numpy as np
 import torch
 
+from ifn.facemodel.albedo_prior import build_reflectance_prior, in_range_fraction, landmark_region_weights
+from ifn.facemodel.basis import orthonormal_basis
+from ifn.facemodel.geometry import distance_to_polyline, smoothstep, triangle_normals
 from ifn.facemodel.model import ExpressionPrior, FaceModel, FaceModelMetadata
 from ifn.facemodel.regions import FACE_OUTLINE, points_in_polygon
-from ifn.facemodel.albedo_prior import build_reflectance_prior, in_range_fraction, landmark_region_weights
 
 __all__ = ["ICT_EXPRESSION_PRIOR", "ICT_EYES", "ICT_FACE_RANGE", "ICT_URL", "LIMBUS_DEG", "convert_ict"]
 
@@ -169,8 +171,9 @@ def convert_ict(
         source_name = src.name
 
     n_vertices = len(kept)
-    shape_basis, shape_std = _pca(identity_deltas)
-    expr_basis, s_expr = _pca(expression_deltas)
+    # Uncentred SVDs (the deltas are changes from the neutral), largest component of each mode positive.
+    shape_basis, shape_std = orthonormal_basis(identity_deltas)
+    expr_basis, s_expr = orthonormal_basis(expression_deltas)
     energy = np.cumsum(s_expr**2) / max(float(np.sum(s_expr**2)), 1e-300)
     k_expr = int(min(np.searchsorted(energy, expression_variance - 1e-12) + 1, len(s_expr)))
     expr_basis, s_expr = expr_basis[:k_expr], s_expr[:k_expr]
@@ -476,11 +479,6 @@ def _parse_triangles(data: bytes, n_vertices: int, label: str) -> tuple[np.ndarr
 
 
 # ----------------------------------------------------------------------------- geometry
-def _normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    a, b, c = vertices[triangles[:, 0]], vertices[triangles[:, 1]], vertices[triangles[:, 2]]
-    return np.cross(b - a, c - a)
-
-
 def _in_range(triangles: np.ndarray, rng: tuple[int, int]) -> np.ndarray:
     return ((triangles >= rng[0]) & (triangles < rng[1])).all(axis=1)
 
@@ -495,7 +493,7 @@ def _orient_outward(vertices: np.ndarray, triangles: np.ndarray, centre: np.ndar
     """Flip a closed shell's winding if most normals point towards ``centre``."""
     if len(triangles) == 0:
         return triangles, 1.0
-    normals = _normals(vertices, triangles)
+    normals = triangle_normals(vertices, triangles)
     out = ((normals * (vertices[triangles].mean(axis=1) - centre)).sum(axis=1) > 0).mean()
     return (triangles[:, ::-1].copy(), float(1.0 - out)) if out < 0.5 else (triangles, float(out))
 
@@ -521,7 +519,7 @@ def _select_topology(
         raise ValueError(f"{label}: no faces within the face range {face_range}")
     # Winding: the vertex normal at the nose tip (landmark 30) must point out of the face (+z).
     vn = np.zeros_like(vertices)
-    np.add.at(vn, face_tris.reshape(-1), np.repeat(_normals(vertices, face_tris), 3, axis=0))
+    np.add.at(vn, face_tris.reshape(-1), np.repeat(triangle_normals(vertices, face_tris), 3, axis=0))
     flipped_face = bool(vn[landmarks[30], 2] < 0)
     if flipped_face:
         face_tris = face_tris[:, ::-1].copy()
@@ -558,7 +556,7 @@ def _select_topology(
         in_cap = cos_angle > limbus
 
         def forward(t: np.ndarray) -> np.ndarray:
-            return _normals(vertices, t)[:, 2] > 0
+            return triangle_normals(vertices, t)[:, 2] > 0
 
         def inside(t: np.ndarray) -> np.ndarray:
             flat = points_in_polygon(torch.from_numpy(vertices[t.reshape(-1), :2]), outline).numpy()
@@ -572,7 +570,7 @@ def _select_topology(
         pupil_cos = np.cos(np.radians(2.0 * pupil_deg))
         angle = np.degrees(np.arccos(np.clip(cos_angle, -1.0, 1.0)))
         cornea = slice(sclera_rng[0], sclera_rng[1])
-        pupil_weight[cornea] = 1.0 - _smoothstep(pupil_deg, 1.3 * pupil_deg, angle[cornea])
+        pupil_weight[cornea] = 1.0 - smoothstep(pupil_deg, 1.3 * pupil_deg, angle[cornea])
         cover = sclera_t[forward(sclera_t) & (cos_angle[sclera_t] > pupil_cos).any(axis=1)]
         keep_s, keep_i, cover = keep_s[inside(keep_s)], keep_i[inside(keep_i)], cover[inside(cover)]
         eye_tris += [keep_s, keep_i, cover]
@@ -619,11 +617,7 @@ def _face_mask(
     """
     polygon = vertices[landmarks[list(FACE_OUTLINE)], :2]
     inside = points_in_polygon(torch.from_numpy(vertices[:, :2]), torch.from_numpy(polygon)).numpy()
-    closed = np.vstack([polygon, polygon[:1]])
-    a, b = closed[:-1][None], closed[1:][None]
-    p = vertices[:, None, :2]
-    t = np.clip(((p - a) * (b - a)).sum(-1) / np.maximum(((b - a) ** 2).sum(-1), 1e-12), 0.0, 1.0)
-    border = np.linalg.norm(p - (a + t[..., None] * (b - a)), axis=-1).min(axis=1) < 1e-3
+    border = distance_to_polyline(vertices[:, :2], polygon, closed=True) < 1e-3
     candidate = inside | border
     drawn = triangles[candidate[triangles].all(axis=1)]
     labels = _components(len(vertices), drawn)
@@ -661,17 +655,3 @@ def _components(n_vertices: int, triangles: np.ndarray) -> np.ndarray:
         if np.array_equal(new, labels):
             return labels
         labels = new
-
-
-def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
-    t = np.clip((x - edge0) / max(edge1 - edge0, 1e-12), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
-def _pca(deltas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Uncentred SVD ``deltas = U S Vᵀ``: rows of Vᵀ (signs fixed) and S, decreasing."""
-    _, s, vt = np.linalg.svd(deltas, full_matrices=False)
-    idx = np.abs(vt).argmax(axis=1)
-    signs = np.sign(vt[np.arange(len(vt)), idx])
-    signs[signs == 0] = 1.0
-    return vt * signs[:, None], s

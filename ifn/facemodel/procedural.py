@@ -31,9 +31,10 @@ Construction (all in NumPy float64, deterministic, well under a second):
 6. **Expression modes.** :data:`BLENDSHAPES` artist-style blendshapes (full activation),
    PCA-compressed like the paper: basis = rows of ``Vᵀ``, σe = ``S / √N_blendshapes``;
    the sign of the first mode is fixed so that positive θe,1 opens the mouth.
-7. **Reflectance.** A painted mean albedo (skin, lips, brows, cheeks, nostrils, sclera,
-   iris, pupil, lid lines) and σ-scaled modes (global tone, regional, smooth spatial),
-   orthonormalised like the shape.
+7. **Reflectance.** The painted albedo prior of :mod:`ifn.facemodel.albedo_prior` (its
+   colours and hand-made modes: global tone, regional, smooth spatial) on this model's
+   regions (skin, cheeks, nose, under-eyes, nostrils, lips, brows, lid lines, sclera, iris,
+   pupil), plus smooth random tone variation, orthonormalised like the shape.
 
 Convention:
     Model space in millimetres, +y up, +z out of the face (see :mod:`ifn`); the grid is
@@ -53,6 +54,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ifn.facemodel.albedo_prior import REDDEN, REGION_COLORS, YELLOW, face_coordinates, mode_fields
+from ifn.facemodel.basis import orthonormal_basis
+from ifn.facemodel.geometry import (
+    closest_point_on_polyline,
+    distance_to_polyline,
+    inside_polygon,
+    signed_distance,
+    smoothstep,
+    triangle_normals,
+)
 from ifn.facemodel.model import ExpressionPrior, FaceModel, FaceModelMetadata
 from ifn.facemodel.regions import FACE_OUTLINE, points_in_polygon
 
@@ -68,6 +79,9 @@ _MIN_FIELDS = 64
 #: Seeds of the random smooth fields (fixed: the model is the same on every machine).
 _SHAPE_SEED = 20170323
 _REFLECTANCE_SEED = 20170324
+#: Distances (mm) to feature curves saturate here: every feature painted or shaped from
+#: them has faded out by then, so points farther away need not be measured.
+_CUTOFF = 10.0
 
 # A frontal mean shape of the 68 iBUG landmarks in a unit box, image y down (close to the
 # templates common in face-alignment code). Symmetrised before use.
@@ -106,16 +120,6 @@ BLENDSHAPES: tuple[str, ...] = (
     "sneer_L", "sneer_R", "brow_raise_L", "brow_raise_R", "brow_inner_up", "brow_lower_L", "brow_lower_R",
     "blink_L", "blink_R", "squint_L", "squint_R", "eye_wide_L", "eye_wide_R",
 )  # fmt: skip
-
-# Mean linear-RGB albedo of the painted regions.
-_SKIN = np.array([0.60, 0.42, 0.33])
-_CHEEK = np.array([0.63, 0.40, 0.32])
-_LIPS = np.array([0.48, 0.24, 0.21])
-_BROWS = np.array([0.16, 0.11, 0.08])
-_SCLERA = np.array([0.66, 0.62, 0.58])
-_IRIS = np.array([0.16, 0.10, 0.07])
-_PUPIL = np.array([0.02, 0.02, 0.02])
-_NOSTRIL = np.array([0.20, 0.11, 0.09])
 
 
 def procedural_face_model(n_shape: int = 40, n_expression: int = 20, n_reflectance: int = 30) -> FaceModel:
@@ -166,11 +170,6 @@ def _build_cached(
 
 
 # ----------------------------------------------------------------------------- helpers
-def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
-    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
 def _gauss(x: np.ndarray, y: np.ndarray, cx: float, cy: float, sx: float, sy: float) -> np.ndarray:
     return np.exp(-0.5 * (((x - cx) / sx) ** 2 + ((y - cy) / sy) ** 2))
 
@@ -197,75 +196,6 @@ def _closed_spline(points: np.ndarray, samples: int = 8) -> np.ndarray:
     t = (np.arange(samples) / samples)[:, None, None]
     curve = 0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (3 * p1 - p0 - 3 * p2 + p3) * t**3)
     return curve.transpose(1, 0, 2).reshape(-1, 2)
-
-
-def _distance_to_polyline(
-    points: np.ndarray, polyline: np.ndarray, closed: bool = False, cutoff: float = 10.0
-) -> np.ndarray:
-    """Distance of each point ``(N, 2)`` to a polyline ``(P, 2)``, saturated at ``cutoff``.
-
-    Only points within ``cutoff`` of the polyline's bounding box are measured (speed).
-    """
-    if closed:
-        polyline = np.vstack([polyline, polyline[:1]])
-    out = np.full(len(points), float(cutoff))
-    near = np.flatnonzero(
-        ((points >= polyline.min(axis=0) - cutoff) & (points <= polyline.max(axis=0) + cutoff)).all(axis=1)
-    )
-    if len(near) == 0:
-        return out
-    a, b = polyline[:-1][None], polyline[1:][None]
-    p = points[near, None]
-    ab = b - a
-    t = np.clip(((p - a) * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0.0, 1.0)
-    out[near] = np.minimum(np.linalg.norm(p - (a + t[..., None] * ab), axis=-1).min(axis=1), cutoff)
-    return out
-
-
-def _inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """Even-odd inside test of feature curves (the face mask itself uses ``points_in_polygon``)."""
-    out = np.zeros(len(points), dtype=bool)
-    near = np.flatnonzero(((points >= polygon.min(axis=0)) & (points <= polygon.max(axis=0))).all(axis=1))
-    if len(near) == 0:
-        return out
-    a, b = polygon[None], np.roll(polygon, -1, axis=0)[None]
-    px, py = points[near, 0:1], points[near, 1:2]
-    straddles = (a[..., 1] > py) != (b[..., 1] > py)
-    dy = np.where(straddles, b[..., 1] - a[..., 1], 1.0)
-    x_cross = a[..., 0] + (py - a[..., 1]) * (b[..., 0] - a[..., 0]) / dy
-    out[near] = (straddles & (px < x_cross)).sum(axis=1) % 2 == 1
-    return out
-
-
-def _signed_distance(points: np.ndarray, polygon: np.ndarray, cutoff: float = 10.0) -> np.ndarray:
-    """Distance to a closed polygon's border (saturated at ``cutoff``), positive inside."""
-    dist = _distance_to_polyline(points, polygon, closed=True, cutoff=cutoff)
-    return np.where(_inside(points, polygon), dist, -dist)
-
-
-def _orthonormalise(fields: np.ndarray, n_keep: int) -> tuple[np.ndarray, np.ndarray]:
-    """SVD of σ-scaled fields ``(N, V, 3)``: the first ``n_keep`` rows of Vᵀ and singular values.
-
-    Signs are made deterministic (and robust to ties and round-off): each mode has a
-    positive dot product with a fixed pseudo-random vector.
-    """
-    n_vertices = fields.shape[1]
-    if n_keep == 0:
-        return np.zeros((0, n_vertices, 3)), np.zeros(0)
-    matrix = fields.reshape(len(fields), -1)
-    # Few fields, many coordinates: the eigen-decomposition of the small Gram matrix M Mᵀ
-    # is much faster than an SVD of M; fall back to the SVD if M is near rank-deficient.
-    eigval, eigvec = np.linalg.eigh(matrix @ matrix.T)
-    order = np.argsort(eigval)[::-1][:n_keep]
-    s = np.sqrt(np.clip(eigval[order], 0.0, None))
-    if s[-1] > 1e-6 * s[0]:
-        vt = (eigvec[:, order].T @ matrix) / s[:, None]
-    else:
-        _, s, vt = np.linalg.svd(matrix, full_matrices=False)
-        vt, s = vt[:n_keep], s[:n_keep]
-    probe = np.random.default_rng(0).standard_normal(vt.shape[1])
-    signs = np.where(vt @ probe < 0.0, -1.0, 1.0)
-    return (vt * signs[:, None]).reshape(-1, n_vertices, 3), s
 
 
 def _random_smooth_fields(
@@ -497,10 +427,10 @@ def _surface(x: np.ndarray, y: np.ndarray, layout: _Layout) -> tuple[np.ndarray,
         r2 = ((x - centre[0]) / 14.0) ** 2 + ((y - centre[1]) / 9.5) ** 2
         eyeballs += 3.5 * np.clip(1.0 - r2, 0.0, None) ** 2
         curve = layout.eye_curves[side]
-        d = _distance_to_polyline(xy, curve, closed=True)
-        inside = _inside(xy, curve)
+        d = distance_to_polyline(xy, curve, closed=True, cutoff=_CUTOFF)
+        inside = inside_polygon(xy, curve)
         lids -= 0.7 * np.exp(-0.5 * (d / 0.8) ** 2)
-        crease = np.exp(-0.5 * ((d - 5.0) / 1.3) ** 2) * _smoothstep(centre[1], centre[1] + 4.0, y)
+        crease = np.exp(-0.5 * ((d - 5.0) / 1.3) ** 2) * smoothstep(centre[1], centre[1] + 4.0, y)
         lids -= 1.0 * np.where(inside, 0.0, crease)
     parts["sockets"], parts["eyeballs"], parts["lids"] = sockets, eyeballs, lids
 
@@ -514,13 +444,13 @@ def _surface(x: np.ndarray, y: np.ndarray, layout: _Layout) -> tuple[np.ndarray,
 
     parts["cheekbones"] = 5.0 * _gauss(ax, y, 46.0, 12.0, 14.0, 11.0)
     parts["mouth_mound"] = 5.0 * _gauss(x, y, 0.0, layout.mouth_y + 4.0, 26.0, 14.0)
-    sd_lips = _signed_distance(xy, layout.lip_curve)
+    sd_lips = signed_distance(xy, layout.lip_curve, cutoff=_CUTOFF)
     lip_amp = np.where(y >= layout.mouth_y, 3.0, 3.4)
     dip = 1.0 - 0.6 * np.exp(-0.5 * ((y - layout.mouth_y) / 1.3) ** 2)
-    parts["lips"] = lip_amp * _smoothstep(-0.5, 2.5, sd_lips) * dip
+    parts["lips"] = lip_amp * smoothstep(-0.5, 2.5, sd_lips) * dip
     fold_a = np.array([abs(lm[31, 0]) + 3.0, lm[31, 1]])
     fold_b = np.array([abs(lm[48, 0]) + 4.0, lm[48, 1] - 4.0])
-    fold_d = _distance_to_polyline(np.stack([ax, y], axis=1), np.stack([fold_a, fold_b]))
+    fold_d = distance_to_polyline(np.stack([ax, y], axis=1), np.stack([fold_a, fold_b]), cutoff=_CUTOFF)
     grooves = -1.5 * np.exp(-0.5 * (fold_d / 2.2) ** 2)
     grooves -= 2.5 * _gauss(x, y, 0.0, lm[57, 1] - 5.0, 13.0, 3.5)
     parts["grooves"] = grooves
@@ -551,17 +481,6 @@ def _landmark_indices(grid: _Grid, layout: _Layout) -> np.ndarray:
     return idx
 
 
-def _closest_on_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """The nearest point ``(N, 2)`` on a closed polygon's border for each point."""
-    a = polygon[None]
-    ab = np.roll(polygon, -1, axis=0)[None] - a
-    p = points[:, None]
-    t = np.clip(((p - a) * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0.0, 1.0)
-    closest = a + t[..., None] * ab  # (N, P, 2)
-    best = np.linalg.norm(p - closest, axis=-1).argmin(axis=1)
-    return closest[np.arange(len(points)), best]
-
-
 def _face_mask(
     xy: np.ndarray, triangles: np.ndarray, landmark_ids: np.ndarray, mirror: np.ndarray, h: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -584,15 +503,13 @@ def _face_mask(
     straddle = tri_in.any(axis=1) & ~tri_in.all(axis=1)
     snap = np.zeros(len(xy), dtype=bool)
     snap[triangles[straddle][~tri_in[straddle]]] = True
-    snap |= inside & (_distance_to_polyline(xy, polygon, closed=True) < 0.3 * h)
+    snap |= inside & (distance_to_polyline(xy, polygon, closed=True, cutoff=_CUTOFF) < 0.3 * h)
     snap[landmark_ids] = False
     moved = xy.copy()
     candidates = np.flatnonzero(snap)
-    moved[candidates] = _closest_on_polygon(xy[candidates], polygon)
+    moved[candidates] = closest_point_on_polyline(xy[candidates], polygon, closed=True)
     for _ in range(10):
-        a, b, c = (moved[triangles[:, k]] for k in range(3))
-        area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-        bad = np.unique(triangles[area < -1e-9])
+        bad = np.unique(triangles[triangle_normals(moved, triangles) < -1e-9])
         bad = bad[snap[bad]]
         if len(bad) == 0:
             break
@@ -612,26 +529,27 @@ def _regions(points: np.ndarray, layout: _Layout) -> dict[str, np.ndarray]:
     out["cheeks"] = 0.7 * _gauss(ax, y, 40.0, -5.0, 13.0, 12.0)
     out["nose"] = _gauss(x, y, 0.0, lm[30, 1] - 2.0, 9.0, 8.0)
     out["nostrils"] = 0.9 * _gauss(ax, y, 0.45 * abs(lm[31, 0]), lm[33, 1] + 2.5, 2.2, 1.6)
-    out["lips"] = _smoothstep(-0.6, 0.8, _signed_distance(xy, layout.lip_curve))
+    out["lips"] = smoothstep(-0.6, 0.8, signed_distance(xy, layout.lip_curve, cutoff=_CUTOFF))
     brow_d = np.minimum(
-        _distance_to_polyline(xy, lm[17:22] - [0.0, 3.5]), _distance_to_polyline(xy, lm[22:27] - [0.0, 3.5])
+        distance_to_polyline(xy, lm[17:22] - [0.0, 3.5], cutoff=_CUTOFF),
+        distance_to_polyline(xy, lm[22:27] - [0.0, 3.5], cutoff=_CUTOFF),
     )
-    out["brows"] = 0.92 * (1.0 - _smoothstep(2.4, 4.2, brow_d))
+    out["brows"] = 0.92 * (1.0 - smoothstep(2.4, 4.2, brow_d))
     eye = np.zeros_like(x)
     iris = np.zeros_like(x)
     pupil = np.zeros_like(x)
     lashes = np.zeros_like(x)
     for side, centre in enumerate(_eye_centres(layout)):
         curve = layout.eye_curves[side]
-        sd = _signed_distance(xy, curve)
-        eye = np.maximum(eye, _smoothstep(0.0, 0.8, sd))
+        sd = signed_distance(xy, curve, cutoff=_CUTOFF)
+        eye = np.maximum(eye, smoothstep(0.0, 0.8, sd))
         r = np.linalg.norm(xy - centre, axis=1)
-        iris = np.maximum(iris, 1.0 - _smoothstep(4.4, 5.4, r))
-        pupil = np.maximum(pupil, 1.0 - _smoothstep(1.5, 2.3, r))
-        upper = _smoothstep(centre[1] - 1.0, centre[1] + 1.0, y)
+        iris = np.maximum(iris, 1.0 - smoothstep(4.4, 5.4, r))
+        pupil = np.maximum(pupil, 1.0 - smoothstep(1.5, 2.3, r))
+        upper = smoothstep(centre[1] - 1.0, centre[1] + 1.0, y)
         lashes = np.maximum(lashes, (0.35 + 0.4 * upper) * np.exp(-0.5 * (np.minimum(sd, 0.0) / 0.9) ** 2) * (sd < 0.5))
     out["eyes"], out["iris"], out["pupil"], out["lashes"] = eye, iris, pupil, lashes
-    below_nose = 1.0 - _smoothstep(lm[33, 1] - 8.0, lm[33, 1], y)
+    below_nose = 1.0 - smoothstep(lm[33, 1] - 8.0, lm[33, 1], y)
     out["beard"] = below_nose * (1.0 - out["lips"]) * np.exp(-((x / 45.0) ** 4))
     out["under_eyes"] = sum(_gauss(x, y, c[0], c[1] - 7.0, 10.0, 4.0) for c in _eye_centres(layout))
     return out
@@ -641,17 +559,18 @@ def _mean_albedo(regions: dict[str, np.ndarray]) -> np.ndarray:
     def over(base: np.ndarray, colour: np.ndarray, weight: np.ndarray) -> np.ndarray:
         return base + weight[:, None] * (colour - base)
 
+    colour = {name: np.asarray(rgb) for name, rgb in REGION_COLORS.items()}
     n = len(regions["lips"])
-    skin = np.broadcast_to(_SKIN, (n, 3)).copy()
-    skin = over(skin, _CHEEK, regions["cheeks"])
-    skin = over(skin, _SKIN * [1.03, 0.98, 0.97], regions["nose"] * 0.6)
-    skin = over(skin, _SKIN * 0.9, regions["under_eyes"] * 0.5)
-    skin = over(skin, _NOSTRIL, regions["nostrils"])
-    skin = over(skin, _LIPS, regions["lips"])
-    skin = over(skin, _BROWS, regions["brows"])
-    skin = over(skin, np.array([0.10, 0.07, 0.05]), regions["lashes"] * (1.0 - regions["eyes"] * 0.5))
-    eye = over(np.broadcast_to(_SCLERA, (n, 3)).copy(), _IRIS, regions["iris"])
-    eye = over(eye, _PUPIL, regions["pupil"])
+    skin = np.broadcast_to(colour["skin"], (n, 3)).copy()
+    skin = over(skin, colour["cheeks"], regions["cheeks"])
+    skin = over(skin, colour["nose"], regions["nose"] * 0.6)
+    skin = over(skin, colour["under_eyes"], regions["under_eyes"] * 0.5)
+    skin = over(skin, colour["nostrils"], regions["nostrils"])
+    skin = over(skin, colour["lips"], regions["lips"])
+    skin = over(skin, colour["brows"], regions["brows"])
+    skin = over(skin, colour["lashes"], regions["lashes"] * (1.0 - regions["eyes"] * 0.5))
+    eye = over(np.broadcast_to(colour["sclera"], (n, 3)).copy(), colour["iris"], regions["iris"])
+    eye = over(eye, colour["pupil"], regions["pupil"])
     return over(skin, eye, regions["eyes"])
 
 
@@ -680,13 +599,13 @@ def _shape_fields(points: np.ndarray, layout: _Layout, parts: dict[str, np.ndarr
     f["face_height"] = _vec(dy=0.045 * (y - y0), n=n)
     f["face_depth"] = _vec(dz=0.06 * (z + 40.0), n=n)
     f["face_roundness"] = _vec(dz=-4.0 * (x / 70.0) ** 2, n=n)
-    f["lower_face_length"] = _vec(dy=-3.0 * (1.0 - _smoothstep(lm[8, 1], tip, y)), n=n)
+    f["lower_face_length"] = _vec(dy=-3.0 * (1.0 - smoothstep(lm[8, 1], tip, y)), n=n)
     f["nose_length"] = _vec(dy=-2.5 * _gauss(x, y, 0.0, tip - 4.0, 13.0, 9.0), n=n)
     f["nose_width"] = _vec(2.0 * (x / 12.0) * _gauss(x, y, 0.0, tip - 5.0, 14.0, 9.0), n=n)
     f["nose_protrusion"] = _vec(dz=0.14 * parts["nose"], n=n)
     f["nose_bridge"] = _vec(dz=2.0 * _gauss(x, y, 0.0, lm[28, 1] - 3.0, 5.0, 8.0), n=n)
     f["nose_tip"] = _vec(dy=1.0 * _gauss(x, y, 0.0, tip, 7.0, 6.0), dz=1.5 * _gauss(x, y, 0.0, tip, 7.0, 6.0), n=n)
-    f["jaw_width"] = _vec(0.07 * x * (1.0 - _smoothstep(ym - 30.0, ym + 10.0, y)), n=n)
+    f["jaw_width"] = _vec(0.07 * x * (1.0 - smoothstep(ym - 30.0, ym + 10.0, y)), n=n)
     f["chin_height"] = _vec(dy=-3.5 * _gauss(x, y, 0.0, lm[8, 1] + 5.0, 22.0, 16.0), n=n)
     f["chin_protrusion"] = _vec(dz=3.0 * _gauss(x, y, 0.0, lm[8, 1] + 12.0, 18.0, 12.0), n=n)
     f["chin_width"] = _vec(1.5 * sx * _gauss(ax, y, 20.0, lm[8, 1] + 8.0, 12.0, 12.0), n=n)
@@ -703,7 +622,7 @@ def _shape_fields(points: np.ndarray, layout: _Layout, parts: dict[str, np.ndarr
     mouth_w = _gauss(x, y, 0.0, ym, 30.0, 10.0)
     f["mouth_width"] = _vec(3.0 * (x / 25.0) * mouth_w, n=n)
     f["mouth_height"] = _vec(dy=2.5 * _gauss(x, y, 0.0, ym, 30.0, 14.0), n=n)
-    lip_region = _smoothstep(-1.0, 2.0, _signed_distance(points[:, :2], layout.lip_curve))
+    lip_region = smoothstep(-1.0, 2.0, signed_distance(points[:, :2], layout.lip_curve, cutoff=_CUTOFF))
     f["lip_thickness"] = _vec(dy=0.2 * (y - ym) * lip_region, dz=0.3 * parts["lips"], n=n)
     f["lip_protrusion"] = _vec(dz=2.0 * _gauss(x, y, 0.0, ym, 22.0, 10.0), n=n)
     cheek = _gauss(ax, y, 42.0, -15.0, 15.0, 15.0)
@@ -711,7 +630,7 @@ def _shape_fields(points: np.ndarray, layout: _Layout, parts: dict[str, np.ndarr
     f["cheekbones"] = _vec(1.5 * sx * _gauss(ax, y, 55.0, 12.0, 12.0, 12.0), dz=0.6 * parts["cheekbones"], n=n)
     f["brow_height"] = _vec(dy=2.5 * _gauss(ax, y, 32.0, brow_y, 22.0, 8.0), n=n)
     f["brow_ridge"] = _vec(dz=0.6 * parts["brow_ridge"], n=n)
-    f["forehead_slope"] = _vec(dz=-4.0 * _smoothstep(brow_y - 5.0, brow_y + 25.0, y), n=n)
+    f["forehead_slope"] = _vec(dz=-4.0 * smoothstep(brow_y - 5.0, brow_y + 25.0, y), n=n)
     return f
 
 
@@ -742,7 +661,7 @@ def _blink(points: np.ndarray, layout: _Layout, side: int) -> np.ndarray:
     targets = np.array([first_below[int(c)] for c in column[collapse]], dtype=np.int64)
     dy = np.zeros_like(y)
     dz = np.zeros_like(z)
-    follow = (y > y_up) * (1.0 - _smoothstep(0.0, 7.0, y - y_up))
+    follow = (y > y_up) * (1.0 - smoothstep(0.0, 7.0, y - y_up))
     moving = np.flatnonzero(follow * (y_up - y_lo) > 0.0)
     z_lo = _surface(x[moving], y_lo[moving], layout)[0]
     z_up = _surface(x[moving], y_up[moving], layout)[0]
@@ -763,19 +682,19 @@ def _expression_fields(points: np.ndarray, layout: _Layout, grid: _Grid) -> dict
     lower = grid.lower_copy | (y < ym - 1e-6)
     upper = ~lower
     xc = abs(grid.xy[grid.cut_corners[1], 0])
-    lens = _smoothstep(0.0, 1.0, (xc - ax) / (0.55 * xc))
+    lens = smoothstep(0.0, 1.0, (xc - ax) / (0.55 * xc))
     near_line = np.exp(-0.5 * ((y - ym) / 5.0) ** 2)
     # Jaw: rotation of the lower face about the jaw joints plus a small forward glide.
     d = np.maximum(ym - y, 0.0)
     reach = xc + 1.8 * d
-    jaw_w = np.where(lower, _smoothstep(0.0, 1.0, (reach - ax) / (0.5 * reach)), 0.0)
+    jaw_w = np.where(lower, smoothstep(0.0, 1.0, (reach - ax) / (0.5 * reach)), 0.0)
     psi, pivot_y, pivot_z = 0.19, 25.0, -90.0
     ry, rz = y - pivot_y, z - pivot_z
     rot_dy = ry * (math.cos(psi) - 1.0) - rz * math.sin(psi)
     rot_dz = ry * math.sin(psi) + rz * (math.cos(psi) - 1.0)
     c_l = np.array([abs(lm[54, 0]), lm[54, 1]])  # left mouth corner (+x)
     lip_zone = _gauss(x, y, 0.0, ym, 20.0, 11.0)
-    lip_region = _smoothstep(-1.0, 2.0, _signed_distance(points[:, :2], layout.lip_curve))
+    lip_region = smoothstep(-1.0, 2.0, signed_distance(points[:, :2], layout.lip_curve, cutoff=_CUTOFF))
     brow_y = lm[19, 1]
     eyes = _eye_centres(layout)
 
@@ -805,7 +724,7 @@ def _expression_fields(points: np.ndarray, layout: _Layout, grid: _Grid) -> dict
     part = 2.0 * lens * np.exp(-0.5 * ((y - ym) / 4.0) ** 2)
     f["funnel"] = _vec(-0.2 * x * lip_zone, np.where(upper, part, -part), 6.0 * lip_zone, n=n)
     f["lip_press"] = _vec(dy=-1.2 * lip_region * np.tanh((y - ym) / 3.0), dz=-3.0 * lip_region, n=n)
-    lens_wide = _smoothstep(0.0, 1.0, (xc - ax) / (0.7 * xc))
+    lens_wide = smoothstep(0.0, 1.0, (xc - ax) / (0.7 * xc))
     lip_line = np.exp(-0.5 * ((y - ym) / 6.0) ** 2)
     f["upper_lip_up"] = _vec(dy=4.0 * upper * lens_wide * lip_line, dz=-0.5 * upper * lens_wide * lip_line, n=n)
     f["lower_lip_down"] = _vec(dy=-4.0 * lower * lens_wide * lip_line, dz=-1.0 * lower * lens_wide * lip_line, n=n)
@@ -835,54 +754,26 @@ def _expression_fields(points: np.ndarray, layout: _Layout, grid: _Grid) -> dict
 
 
 # ----------------------------------------------------------------- reflectance modes
-_REDDEN = np.array([1.0, -0.25, -0.25])  # relative: more red, a little less green and blue
-_YELLOW = np.array([0.3, 0.3, -1.0])  # relative: less blue
-_MELANIN = np.array([0.85, 1.0, 1.15])  # relative brightness, darkening blue the most
-
-
 def _reflectance_fields(
     points: np.ndarray, mean: np.ndarray, regions: dict[str, np.ndarray], face: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Hand-made albedo modes at +1σ, ``{name: (V, 3)}`` linear RGB."""
-    skin = (1.0 - regions["eyes"])[:, None]
-    iris = (regions["eyes"] * regions["iris"])[:, None]
-    sclera = (regions["eyes"] * (1.0 - regions["iris"]))[:, None]
-    lips, brows = regions["lips"][:, None], regions["brows"][:, None]
-    tone = skin * (1.0 - 0.7 * lips) * (1.0 - 0.7 * brows)  # where the skin-tone hue modes act
-    lum = (mean * [0.2126, 0.7152, 0.0722]).sum(axis=1, keepdims=True)
-    centre = points[face, :2].mean(axis=0)
-    half = np.abs(points[face, :2] - centre).max(axis=0)
-    uv = np.clip((points[:, :2] - centre) / half, -1.5, 1.5)
-    u, v = uv[:, :1], uv[:, 1:]
-    radial = u**2 + v**2
-    radial = radial - radial[face].mean()
-    # Colour changes are relative to the local mean colour (mean ⊙ direction), so dark
-    # regions (brows, iris) keep their hue and stay non-negative.
-    f: dict[str, np.ndarray] = {
-        "skin_brightness": 0.18 * skin * mean * _MELANIN,
-        "skin_redness": 0.05 * tone * mean * _REDDEN,
-        "skin_yellowness": 0.04 * tone * mean * _YELLOW,
-        "skin_saturation": 0.15 * tone * (mean - lum),
-        "lip_redness": 0.08 * lips * mean * _REDDEN,
-        "lip_darkness": 0.15 * lips * mean,
-        "brow_darkness": 0.3 * brows * mean,
-        "cheek_redness": 0.05 * regions["cheeks"][:, None] * mean * _REDDEN,
-        "nose_redness": 0.04 * regions["nose"][:, None] * mean * _REDDEN,
-        "beard_shadow": -0.10 * (skin * regions["beard"][:, None]) * mean,
-        "under_eye_darkness": -0.08 * (skin * regions["under_eyes"][:, None]) * mean,
-        "iris_lightness": 0.35 * iris * mean,
-        "iris_hue": 0.025 * iris * np.array([-0.6, 0.1, 1.0]),
-        "sclera_tint": 0.03 * sclera * np.array([0.2, -0.3, -1.0]),
-        "spatial_left_right": 0.035 * skin * u * mean,
-        "spatial_up_down": 0.035 * skin * v * mean,
-        "spatial_centre_periphery": 0.035 * skin * radial * mean,
-        "spatial_chin_forehead_tint": 0.03 * tone * v * mean * _REDDEN,
+    """The painted prior's hand-made albedo modes at +1σ, ``{name: (V, 3)}`` linear RGB.
+
+    Skin modes act outside the eye openings, the iris modes on the iris disc inside them and
+    the sclera modes on the rest of the opening; the spatial modes span the face mask.
+    """
+    eyes = regions["eyes"]
+    weights = {
+        "skin": 1.0 - eyes,
+        "iris": eyes * regions["iris"],
+        "sclera": eyes * (1.0 - regions["iris"]),
+        **{name: regions[name] for name in ("lips", "brows", "cheeks", "nose", "beard", "under_eyes")},
     }
-    return f
+    return mode_fields(mean, weights, face_coordinates(points, face))
 
 
 # ------------------------------------------------------------------------------ build
-#: θe prior of this model (SPEC §3: each face model documents its own).
+#: θe prior of this model (each face model documents the prior of its synthetic expressions).
 _EXPRESSION_PRIOR = {"low": -3.0, "high": 3.0, "first_bias": 2.0}
 _EXPRESSION_NOTE = (
     "procedural: theta_e,j ~ U(-3, 3), +2.0 on theta_e,1 (the jaw). sigma_e = S/sqrt(32) over the 32 "
@@ -901,9 +792,7 @@ def _build(n_shape: int, n_expression: int, n_reflectance: int) -> tuple[dict[st
     xy, face = _face_mask(grid.xy, grid.triangles, landmarks, grid.mirror, h)
     # Snapping leaves a few triangles with all three corners on one straight edge of the
     # outline (no area in any pose worth drawing): drop them.
-    a, b, c = (xy[grid.triangles[:, k]] for k in range(3))
-    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-    triangles = grid.triangles[np.abs(area) > 1e-6 * h * h]
+    triangles = grid.triangles[np.abs(triangle_normals(xy, grid.triangles)) > 1e-6 * h * h]
     z, parts = _surface(xy[:, 0], xy[:, 1], layout)
     mean_shape = np.concatenate([xy, z[:, None]], axis=1)
 
@@ -914,11 +803,11 @@ def _build(n_shape: int, n_expression: int, n_reflectance: int) -> tuple[dict[st
         rng = np.random.default_rng(_SHAPE_SEED)
         extra = _random_smooth_fields(xy, max(n_shape, _MIN_FIELDS) - len(fields), rng, (0.4, 0.4, 0.8), length=30.0)
         fields = np.concatenate([fields, extra])
-    shape_basis, shape_std = _orthonormalise(fields, n_shape)
+    shape_basis, shape_std = orthonormal_basis(fields, n_shape, sign_rule="probe", method="gram")
 
     # Expression: PCA of the blendshapes, σe = S / √N; positive θe,1 opens the mouth.
     blend = np.stack(list(_expression_fields(mean_shape, layout, grid).values()))
-    expression_basis, singular = _orthonormalise(blend, n_expression)
+    expression_basis, singular = orthonormal_basis(blend, n_expression, sign_rule="probe", method="gram")
     expression_std = singular / math.sqrt(len(blend))
     if n_expression > 0:
         opening = expression_basis[0, landmarks[62], 1] - expression_basis[0, landmarks[66], 1]
@@ -933,9 +822,9 @@ def _build(n_shape: int, n_expression: int, n_reflectance: int) -> tuple[dict[st
         rng = np.random.default_rng(_REFLECTANCE_SEED)
         count = max(n_reflectance, _MIN_FIELDS) - len(refl)
         extra = _random_smooth_fields(xy, count, rng, (0.035, 0.01, 0.01), length=30.0)
-        tone = albedo * (extra[:, :, :1] + extra[:, :, 1:2] * _REDDEN + extra[:, :, 2:3] * _YELLOW)
+        tone = albedo * (extra[:, :, :1] + extra[:, :, 1:2] * REDDEN + extra[:, :, 2:3] * YELLOW)
         refl = np.concatenate([refl, tone * (1.0 - regions["eyes"])[None, :, None]])
-    reflectance_basis, reflectance_std = _orthonormalise(refl, n_reflectance)
+    reflectance_basis, reflectance_std = orthonormal_basis(refl, n_reflectance, sign_rule="probe", method="gram")
 
     arrays = {
         "mean_shape": mean_shape,

@@ -1,4 +1,4 @@
-"""The face region, defined once from the 68 iBUG landmarks (SPEC §2, §6).
+"""The face region, defined once from the 68 iBUG landmarks.
 
 The same polygon paints a face model's mask (which vertices are drawn) and masks a real
 photo's crop, so renders and real crops cover the same part of the face:
@@ -18,8 +18,8 @@ from torch import Tensor
 
 __all__ = [
     "FACE_OUTLINE",
-    "NUM_LANDMARKS",
     "MOUTH_INTERIOR",
+    "NUM_LANDMARKS",
     "face_region_mask",
     "points_in_polygon",
     "polygon_mask",
@@ -28,7 +28,7 @@ __all__ = [
 #: Landmarks per face: the iBUG / Multi-PIE 68-point scheme, used by face models and detectors alike.
 NUM_LANDMARKS = 68
 #: Landmark indices of the face outline polygon: jaw left-to-right, then brows right-to-left.
-FACE_OUTLINE: tuple[int, ...] = tuple(range(0, 17)) + tuple(range(26, 16, -1))
+FACE_OUTLINE: tuple[int, ...] = tuple(range(17)) + tuple(range(26, 16, -1))
 #: Landmark indices of the inner-lip polygon (the mouth interior).
 MOUTH_INTERIOR: tuple[int, ...] = tuple(range(60, 68))
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from ifn.facemodel.ict import LIMBUS_DEG, convert_ict
 from ifn.facemodel.model import FaceModel
 from ifn.facemodel.regions import FACE_OUTLINE, points_in_polygon
-from ifn.facemodel.ict import LIMBUS_DEG, convert_ict
 
 REAL_ZIP = Path(__file__).parents[2] / ".." / "shared" / "data" / "ICT-FaceKit-master.zip"
 PREFIX = "ICT-FaceKit-master/FaceXModel/"

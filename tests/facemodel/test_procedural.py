@@ -8,8 +8,8 @@ import torch
 
 from ifn.facemodel import procedural
 from ifn.facemodel.model import load_face_model
-from ifn.facemodel.regions import FACE_OUTLINE, points_in_polygon
 from ifn.facemodel.procedural import BLENDSHAPES, procedural_face_model
+from ifn.facemodel.regions import FACE_OUTLINE, points_in_polygon
 
 #: iBUG mirror partner of each landmark (written out independently of the module).
 MIRROR = (

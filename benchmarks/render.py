@@ -24,7 +24,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn, device: torch.device, repeats: int, warmup: int) -> float:  # noqa: ANN001
+def _time(fn, device: torch.device, repeats: int, warmup: int) -> float:
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -52,7 +52,7 @@ def main() -> None:
 
     from ifn.data.priors import ParameterPrior
     from ifn.facemodel import load_face_model
-from ifn.render import FaceRenderer
+    from ifn.render import FaceRenderer
 
     device = torch.device(args.device)
     face_model = load_face_model(args.face_model).to(device)

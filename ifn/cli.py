@@ -11,6 +11,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ifn.facemodel.model import FaceModel
 
 __all__ = ["main"]
 
@@ -34,7 +38,9 @@ def _facemodel_main(argv: Sequence[str]) -> int:
         from ifn.facemodel.ict import convert_ict
 
         try:
-            model = convert_ict(args.source, progress=not args.no_progress, expression_variance=args.expression_variance)
+            model = convert_ict(
+                args.source, progress=not args.no_progress, expression_variance=args.expression_variance
+            )
         except (FileNotFoundError, ValueError) as err:
             parser.exit(2, f"ifn facemodel convert: error: {err}\n")
         path = model.save(args.output)
@@ -51,7 +57,7 @@ def _facemodel_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _summary(model) -> dict:  # noqa: ANN001
+def _summary(model: FaceModel) -> dict:
     face = model.mean_shape[model.face_mask]
     extent = (face.amax(0) - face.amin(0)).tolist()
     meta = model.metadata

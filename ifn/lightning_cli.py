@@ -8,7 +8,9 @@ instantiated, so the two can never disagree.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -32,14 +34,15 @@ class IFNLightningCLI(LightningCLI):
         # synthetic-only ablation of a breeding config is just `--breeding.rounds 0`.
         parser.add_lightning_class_args(BreedingCallback, "breeding")
 
-    def instantiate_trainer(self, **kwargs):  # noqa: ANN003, ANN201
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         # Lightning's default logger is TensorBoard; keep a CSV copy of the metrics beside it
         # (same version folder) so runs can be read without TensorBoard.
         loggers = trainer.loggers
         if len(loggers) == 1 and type(loggers[0]) is TensorBoardLogger and loggers[0].name == "lightning_logs":
             tensorboard = loggers[0]
-            trainer.loggers = [tensorboard, CSVLogger(tensorboard.save_dir, name=tensorboard.name, version=tensorboard.version)]
+            csv = CSVLogger(tensorboard.save_dir, name=tensorboard.name, version=tensorboard.version)
+            trainer.loggers = [tensorboard, csv]
         return trainer
 
     def after_test(self) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from torch import Tensor
 import torch
+from torch import Tensor
 
 __all__ = ["GROUPS", "FaceParams", "ParamLayout"]
 
@@ -116,7 +116,7 @@ class ParamLayout:
             params.reflectance,
             params.illumination.reshape(params.illumination.shape[0], -1),
         ]
-        for (name, size), part in zip(self.sizes.items(), parts):
+        for (name, size), part in zip(self.sizes.items(), parts, strict=True):
             if part.shape[-1] != size:
                 raise ValueError(f"{name} must have {size} values, got {tuple(part.shape)}")
         return torch.cat(parts, dim=1)

@@ -11,5 +11,6 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" -e ".[${IFN_EXTRAS:-dev}]" "$@"
+# torch and torchvision are pinned in pyproject.toml (one tested pair).
+python -m pip install -q -e ".[${IFN_EXTRAS:-dev}]" "$@"
 python -c "import ifn, torch; print(f'ifn {ifn.__version__} with torch {torch.__version__} ready in .venv')"

@@ -152,7 +152,8 @@ def reconstruct_sharded(faces: Dataset, rank: int, world: int, **kwargs: Any) ->
 def key_columns(layout: ParamLayout) -> dict[str, int]:
     """Columns of θ shown in statistics and plots (the paper's Figure 3 in spirit)."""
     s = layout.slices
-    columns = {"pitch_deg": s["rotation"].start, "yaw_deg": s["rotation"].start + 1, "roll_deg": s["rotation"].start + 2}
+    rotation = s["rotation"].start
+    columns = {"pitch_deg": rotation, "yaw_deg": rotation + 1, "roll_deg": rotation + 2}
     for group, count in (("shape", 2), ("expression", 2), ("reflectance", 1)):
         for i in range(min(count, s[group].stop - s[group].start)):
             columns[f"{group}_{i + 1}"] = s[group].start + i

@@ -46,8 +46,12 @@ def plot_round(
     columns = key_columns(layout)
     n_cols = math.ceil(len(columns) / 2)
     fig, axes = plt.subplots(2, n_cols, figsize=(3.2 * n_cols, 5.5))
-    for ax, (name, column) in zip(axes.flat, columns.items()):
-        series = {"synthetic prior": prior[:, column], "real reconstructions": bank[:, column], "bred corpus": bred[:, column]}
+    for ax, (name, column) in zip(axes.flat, columns.items(), strict=False):
+        series = {
+            "synthetic prior": prior[:, column],
+            "real reconstructions": bank[:, column],
+            "bred corpus": bred[:, column],
+        }
         if name.endswith("_deg"):
             series = {k: torch.rad2deg(v) for k, v in series.items()}
         lo = min(v.min().item() for v in series.values())

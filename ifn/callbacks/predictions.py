@@ -21,9 +21,10 @@ def theta_to_dict(theta: Any, layout: ParamLayout) -> dict[str, Any]:
     """One θ ``(m,)`` → named groups (rotation also in degrees; illumination as 9 × RGB)."""
     params = layout.split(theta.detach().float().cpu().reshape(1, -1))
     rotation = params.rotation[0].tolist()
+    names = ("alpha_pitch", "beta_yaw", "gamma_roll")
     return {
-        "rotation_rad": dict(zip(("alpha_pitch", "beta_yaw", "gamma_roll"), rotation)),
-        "rotation_deg": dict(zip(("alpha_pitch", "beta_yaw", "gamma_roll"), (math.degrees(r) for r in rotation))),
+        "rotation_rad": dict(zip(names, rotation, strict=True)),
+        "rotation_deg": dict(zip(names, (math.degrees(r) for r in rotation), strict=True)),
         "shape": params.shape[0].tolist(),
         "expression": params.expression[0].tolist(),
         "reflectance": params.reflectance[0].tolist(),

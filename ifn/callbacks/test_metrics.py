@@ -31,7 +31,9 @@ class TestMetricsWriter(L.Callback):
 
     __test__ = False  # not a pytest test class despite its name
 
-    def __init__(self, filename: str = "test_metrics.json", per_image_filename: str = "test_real_per_image.csv") -> None:
+    def __init__(
+        self, filename: str = "test_metrics.json", per_image_filename: str = "test_real_per_image.csv"
+    ) -> None:
         self.filename = filename
         self.per_image_filename = per_image_filename
         self.path: Path | None = None

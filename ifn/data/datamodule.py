@@ -20,6 +20,7 @@ The DataModule owns the :class:`~ifn.render.renderer.FaceRenderer` (built from i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -47,7 +48,7 @@ class _ParameterStream(IterableDataset):
     def __len__(self) -> int:
         return self.datamodule.batches_per_epoch
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
         dm = self.datamodule
         start, rank = dm.batches_consumed, dm.rank
         info = get_worker_info()
@@ -152,7 +153,8 @@ class SyntheticFaceDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------- dataloaders
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_ParameterStream(self), batch_size=None, num_workers=self.num_workers, persistent_workers=False)
+        stream = _ParameterStream(self)
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=False)
 
     def _fixed_loader(self, stream: int) -> DataLoader:
         return DataLoader(_FixedParameters(self.fixed_parameters(stream)), batch_size=self.batch_size, shuffle=False)
@@ -193,7 +195,9 @@ class SyntheticFaceDataModule(L.LightningDataModule):
         image = out.image
         if augment and self._augment is not None:
             image = self._augment(image) * out.mask
-        return FaceBatch(input=to_network_input(image), image=out.image, mask=out.mask, landmarks=out.landmarks, theta=theta)
+        return FaceBatch(
+            input=to_network_input(image), image=out.image, mask=out.mask, landmarks=out.landmarks, theta=theta
+        )
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:

@@ -110,5 +110,6 @@ class PhotoFolders:
         if corpus is None:
             raise ValueError(f"data.photos.{role}_dir is not set")
         if len(corpus) == 0:
-            raise ValueError(f"data.photos.{role}_dir {self.settings.folder(role)} yielded no faces: {corpus.summary()}")
+            folder = self.settings.folder(role)
+            raise ValueError(f"data.photos.{role}_dir {folder} yielded no faces: {corpus.summary()}")
         return corpus

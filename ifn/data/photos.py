@@ -3,8 +3,9 @@
 For each face: the bounding box of its 68 landmarks is scaled uniformly into the crop and
 centred (:func:`ifn.render.camera.framing_transform`, the same rule the renderer frames
 synthetic faces with, so real and rendered crops match), the image is warped accordingly
-(bilinear, Gaussian pre-filter when downscaling), and everything outside :func:`ifn.facemodel.regions.face_region_mask` (jaw +
-brows outline minus the inner-lip polygon) is set to exactly 0. The network's input shift
+(bilinear, Gaussian pre-filter when downscaling), and everything outside
+:func:`ifn.facemodel.regions.face_region_mask` (jaw + brows outline minus the inner-lip
+polygon) is set to exactly 0. The network's input shift
 ``x − 0.5`` is *not* applied here.
 
 Per image, the detections and crops are cached on disk (``.npz``, written atomically) under

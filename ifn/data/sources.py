@@ -79,7 +79,9 @@ class PriorSource(ParameterSource):
         seed: base seed of every stream.
     """
 
-    def __init__(self, prior: ParameterPrior, layout: ParamLayout, expression_prior: ExpressionPrior, seed: int) -> None:
+    def __init__(
+        self, prior: ParameterPrior, layout: ParamLayout, expression_prior: ExpressionPrior, seed: int
+    ) -> None:
         self.prior = prior
         self.layout = layout
         self.expression_prior = expression_prior

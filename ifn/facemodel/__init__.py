@@ -12,11 +12,12 @@ from __future__ import annotations
 from ifn.facemodel.model import ExpressionPrior, FaceModel, FaceModelMetadata, load_face_model
 
 
-def procedural_face_model(*args, **kwargs) -> FaceModel:  # noqa: ANN002, ANN003
-    """The built-in procedural face model (see :mod:`ifn.facemodel.procedural`)."""
+def procedural_face_model(n_shape: int = 40, n_expression: int = 20, n_reflectance: int = 30) -> FaceModel:
+    """The built-in procedural face model (see :mod:`ifn.facemodel.procedural`; imported on
+    first use, as building it needs code the rest of the package does not)."""
     from ifn.facemodel.procedural import procedural_face_model as build
 
-    return build(*args, **kwargs)
+    return build(n_shape, n_expression, n_reflectance)
 
 
 __all__ = ["ExpressionPrior", "FaceModel", "FaceModelMetadata", "load_face_model", "procedural_face_model"]

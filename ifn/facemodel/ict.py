@@ -44,6 +44,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import Any
 from zlib import error as zlib_error
 
 import numpy as np
@@ -422,7 +423,7 @@ def _readme_landmarks(readme: bytes) -> np.ndarray | None:
     return np.asarray(numbers[:68], dtype=np.int64) if len(numbers) >= 68 else None
 
 
-def _progress(files: Sequence[str], enabled: bool):
+def _progress(files: Sequence[str], enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=len(files), desc="ICT-FaceKit OBJs", unit="file", disable=not enabled)
@@ -546,7 +547,8 @@ def _select_topology(
         if len(back) >= 8:  # the back half is spherical; the corneal bulge would bias the fit
             centre = _sphere_fit(back)
         front = sclera_v[sclera_v[:, 2] > centre[2]]
-        apex = front[np.argmax(np.linalg.norm(front - centre, axis=1))] if len(front) else centre + [0, 0, 1]
+        up = np.array([0.0, 0.0, 1.0])
+        apex = front[np.argmax(np.linalg.norm(front - centre, axis=1))] if len(front) else centre + up
         axis = (apex - centre) / max(np.linalg.norm(apex - centre), 1e-12)
         sclera_t, frac_s = _orient_outward(vertices, sclera_t, centre)
         iris_t, frac_i = _orient_outward(vertices, iris_t, centre)

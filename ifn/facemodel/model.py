@@ -152,7 +152,8 @@ class FaceModelIdentity:
 
     def describe(self) -> str:
         """One line for error messages, e.g. ``'ict-facekit' (sha256 1a2b3c4d5e6f, 100/26/15 modes)``."""
-        return f"{self.name!r} (sha256 {self.sha256[:12]}, {self.n_shape}/{self.n_expression}/{self.n_reflectance} modes)"
+        modes = f"{self.n_shape}/{self.n_expression}/{self.n_reflectance} modes"
+        return f"{self.name!r} (sha256 {self.sha256[:12]}, {modes})"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

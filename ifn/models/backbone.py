@@ -16,7 +16,9 @@ from torch import nn
 __all__ = ["create_backbone"]
 
 
-def create_backbone(name: str, num_outputs: int, pretrained: bool = False, checkpoint_path: str | None = None) -> nn.Module:
+def create_backbone(
+    name: str, num_outputs: int, pretrained: bool = False, checkpoint_path: str | None = None
+) -> nn.Module:
     """A timm model whose last layer outputs θ (bias 0, weights ~ N(0, 0.01²), paper §6.1).
 
     Args:

@@ -96,5 +96,5 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure to read is the same problem for the user
+    except Exception as err:
         raise UsageError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err

@@ -102,7 +102,7 @@ class Evaluator(nn.Module):
         """
         reference = self.mean_face_parameters(prediction.shape[0], prediction.device)
         renders = {}
-        for who, theta in zip(_PREDICTORS, (prediction, reference)):
+        for who, theta in zip(_PREDICTORS, (prediction, reference), strict=True):
             render = self.renderer(theta)
             metrics = self.synthetic[who] if batch.is_synthetic else self.real[who]
             metrics["photometric_error"].update(render.image, batch.image, batch.mask)

@@ -20,7 +20,13 @@ from torch import Tensor, nn
 from ifn.data.batch import FaceBatch
 from ifn.facemodel.model import FaceModel
 from ifn.models.backbone import create_backbone
-from ifn.models.checkpoint import CHECKPOINT_KEY, check_face_model, face_model_record, read_checkpoint, recorded_settings
+from ifn.models.checkpoint import (
+    CHECKPOINT_KEY,
+    check_face_model,
+    face_model_record,
+    read_checkpoint,
+    recorded_settings,
+)
 from ifn.models.evaluator import Evaluator
 from ifn.models.losses import ModelSpaceLoss
 from ifn.render.renderer import FaceRenderer
@@ -47,7 +53,8 @@ class InverseFaceNet(L.LightningModule):
         lr_scheduler: optional scheduler factory.
 
     Example:
-        >>>         >>> renderer = RenderSettings(n_shape=5, n_expression=5, n_reflectance=10, image_size=64).build_renderer()
+        >>> from ifn.render.settings import RenderSettings
+        >>> renderer = RenderSettings(n_shape=5, n_expression=5, n_reflectance=10, image_size=64).build_renderer()
         >>> model = InverseFaceNet(renderer)
         >>> model(torch.zeros(2, 3, 64, 64)).shape
         torch.Size([2, 50])
@@ -216,4 +223,5 @@ class InverseFaceNet(L.LightningModule):
             optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -378,9 +378,9 @@ class ParameterError(_SyncedCompute):
         mean = self.rmse_sum / n
         std = (self.mse_sum / n - mean * mean).clamp_min(0.0).sqrt()
         return {
-            "rmse": dict(zip(self.groups, rmse.unbind())),
-            "mean": dict(zip(self.groups, mean.unbind())),
-            "std": dict(zip(self.groups, std.unbind())),
+            "rmse": dict(zip(self.groups, rmse.unbind(), strict=True)),
+            "mean": dict(zip(self.groups, mean.unbind(), strict=True)),
+            "std": dict(zip(self.groups, std.unbind(), strict=True)),
             "count": self.count.clone(),
         }
 

@@ -133,4 +133,5 @@ def _screen_to_clip(vertices: Tensor, height: int, width: int) -> Tensor:
     near = depth.amin().clamp_min(1e-3) * 0.5
     far = depth.amax() * 2.0 + 1e-3
     z_clip = (depth * (far + near) - 2.0 * far * near) / (far - near)
-    return torch.stack([(2.0 * x / width - 1.0) * depth, (2.0 * y / height - 1.0) * depth, z_clip, depth], dim=-1).contiguous()
+    clip_x, clip_y = (2.0 * x / width - 1.0) * depth, (2.0 * y / height - 1.0) * depth
+    return torch.stack([clip_x, clip_y, z_clip, depth], dim=-1).contiguous()

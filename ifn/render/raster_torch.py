@@ -239,11 +239,11 @@ class TorchRasterizer(Rasterizer):
         # Stable: (image, face) order inside a group keeps the scatter's memory access local.
         order = torch.sort(group_key, stable=True).indices
         counts = [0] * len(plan)
-        for index, key_count in zip(remap, hist[:n_keys]):
+        for index, key_count in zip(remap, hist[:n_keys], strict=False):
             counts[index] += key_count
         n_drawn = sum(counts)
         order = order[:n_drawn]
-        n_narrow = sum(c for c, g in zip(counts, plan) if not g[2])  # wide groups come last
+        n_narrow = sum(c for c, g in zip(counts, plan, strict=False) if not g[2])  # wide groups come last
 
         # ---- per drawn triangle, in group order. Rows 3, 4 repeat rows 0, 1 so that rows
         # [1:4] and [2:5] are the start and end vertices of the edges opposite 0, 1, 2.
@@ -331,7 +331,7 @@ class TorchRasterizer(Rasterizer):
         n_faces = setup["n_faces"]
         max_h = max(g[0] for g in plan)
         max_w = max(g[1] for g in plan)
-        max_cells = max(g[0] * g[1] * c for g, c in zip(plan, counts))
+        max_cells = max(g[0] * g[1] * c for g, c in zip(plan, counts, strict=False))
         # Padded cells may index past the last pixel; they never win, the slack absorbs them.
         zbuf = self._take("zbuf", (n_pixels + max_h * width + max_w,), torch.int64, device)
         zbuf.fill_(n_faces - (1 << 32))
@@ -346,7 +346,7 @@ class TorchRasterizer(Rasterizer):
         n_narrow = setup["n_narrow"]
 
         start = 0
-        for (grid_h, grid_w, is_wide, pad_h, pad_w), count in zip(plan, counts):
+        for (grid_h, grid_w, is_wide, pad_h, pad_w), count in zip(plan, counts, strict=False):
             sl = slice(start, start + count)
             start += count
             cells = grid_h * grid_w * count

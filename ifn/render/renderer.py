@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ifn.render.camera import apply_framing, euler_to_rotation, framing_transform, perspective_project
 from ifn.facemodel.model import FaceModel
 from ifn.params import FaceParams, ParamLayout
+from ifn.render.camera import apply_framing, euler_to_rotation, framing_transform, perspective_project
 from ifn.render.rasterizer import BACKENDS, Fragments, Rasterizer, create_rasterizer, interpolate
 from ifn.render.shading import sh_basis, shade
 
@@ -191,7 +191,10 @@ class FaceRenderer(nn.Module):
         return self._settings
 
     def extra_repr(self) -> str:
-        return f"image_size={self.image_size}, camera_distance={self.camera_distance}, margin={self.margin}, backend={self.backend!r}"
+        return (
+            f"image_size={self.image_size}, camera_distance={self.camera_distance}, margin={self.margin}, "
+            f"backend={self.backend!r}"
+        )
 
     @property
     def device(self) -> torch.device:
@@ -260,7 +263,8 @@ class FaceRenderer(nn.Module):
         size = (self.image_size, self.image_size)
         drawn_screen = screen.index_select(1, topology.drawn)
         fragments = self.rasterizer(screen.device).rasterize(drawn_screen, topology.face_triangles, size)
-        return _Surface(vertices, screen, landmarks, albedo, topology.normals(vertices), topology.face_triangles, fragments)
+        normals = topology.normals(vertices)
+        return _Surface(vertices, screen, landmarks, albedo, normals, topology.face_triangles, fragments)
 
     def pose(self, params: FaceParams) -> Tensor:
         """``(B, V, 3)`` geometry rotated by R about the face centre (millimetres)."""

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["shade", "sh_basis", "sh_irradiance", "vertex_normals"]
+__all__ = ["sh_basis", "sh_irradiance", "shade", "vertex_normals"]
 
 _SQRT3 = math.sqrt(3.0)
 _SQRT15 = math.sqrt(15.0)

@@ -51,7 +51,7 @@ class Recorder(L.Callback):
     def __init__(self) -> None:
         self.thetas: list[tuple[int, torch.Tensor]] = []
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # noqa: ANN001
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.thetas.append((trainer.global_step, batch.theta.detach().cpu().clone()))
 
 

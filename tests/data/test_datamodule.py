@@ -92,7 +92,7 @@ def test_training_batches_deterministic_and_distinct_per_index_and_rank():
     for rank in (0, 1):
         again = make_dm()
         again.trainer = _FakeTrainer(global_rank=rank)
-        for a, b in zip(train_epoch(again), streams[rank]):
+        for a, b in zip(train_epoch(again), streams[rank], strict=False):
             assert torch.equal(a, b)
     # Continuous random θ: any repeated row, within a rank or across ranks, is a seeding bug.
     everything = torch.cat([_rows(streams[0]), _rows(streams[1])])
@@ -117,7 +117,7 @@ def test_worker_processes_yield_the_same_stream_in_order():
     reference = train_epoch(make_dm(batches_per_epoch=4))
     with_workers = train_epoch(make_dm(batches_per_epoch=4, num_workers=2))
     assert len(with_workers) == len(reference)
-    for a, b in zip(with_workers, reference):
+    for a, b in zip(with_workers, reference, strict=False):
         assert torch.equal(a, b)
 
 
@@ -227,7 +227,7 @@ def test_state_dict_continues_the_stream(stop_after: int):
     assert restored.batches_consumed == stop_after
     resumed = consume(restored) + consume(restored)
     assert len(resumed) == 6
-    for a, b in zip(resumed, following):
+    for a, b in zip(resumed, following, strict=False):
         assert torch.equal(a, b)
     assert _shared_rows(_rows(resumed), _rows(first)) == 0
 
@@ -274,7 +274,7 @@ def test_set_source_swaps_where_theta_come_from():
     dm.set_source(source)
     batches = consume(dm)
     assert source.calls == [(3, 1, BATCH), (4, 1, BATCH), (5, 1, BATCH)]
-    for k, theta in zip((3, 4, 5), batches):
+    for k, theta in zip((3, 4, 5), batches, strict=False):
         assert torch.all(theta[:, 0] == k + 0.25) and torch.all(theta[:, 1:3] == 0)
     # The source's own state travels with the DataModule's.
     state = dm.state_dict()

@@ -194,7 +194,7 @@ def test_large_images_are_detected_downscaled_and_mapped_back(stub_cls: type) ->
 def test_landmark_nme() -> None:
     gt = np.zeros((68, 2))
     gt[36], gt[45] = (0, 0), (10, 0)
-    assert landmark_nme(gt + [1.0, 0.0], gt) == pytest.approx(0.1)
+    assert landmark_nme(gt + np.array([1.0, 0.0]), gt) == pytest.approx(0.1)
     assert landmark_nme(gt, gt, slice(0, 17)) == 0.0
     with pytest.raises(ValueError, match="68"):
         landmark_nme(gt[:5], gt[:5])

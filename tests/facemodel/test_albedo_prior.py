@@ -66,7 +66,8 @@ def test_landmark_regions_are_where_they_belong(toy: tuple[np.ndarray, np.ndarra
     w = landmark_region_weights(vertices, landmarks)
     for name, value in w.items():
         assert value.min() >= 0 and value.max() <= 1 and value.max() > 0.5, name
-    nearest = lambda p: int(np.argmin(np.linalg.norm(vertices[:, :2] - p[:2], axis=1)))
+    def nearest(p):
+        return int(np.argmin(np.linalg.norm(vertices[:, :2] - p[:2], axis=1)))
     lip_centre = nearest(0.5 * (landmarks[51] + landmarks[57]))
     assert w["lips"][lip_centre] > 0.9 and w["lips"][nearest(landmarks[30])] == 0
     assert w["nose"][nearest(landmarks[30])] > 0.9 and w["nose"][nearest(landmarks[0])] == 0
@@ -88,7 +89,8 @@ def test_mean_albedo_and_region_order(toy: tuple[np.ndarray, np.ndarray], weight
     iris = prior.coverage["iris"] > 0.9
     sclera = prior.coverage["sclera"] > 0.9
     assert skin.any() and lips.any() and brows.any() and iris.any() and sclera.any()
-    redness = lambda m: (m[:, 0] / m[:, 1]).mean()
+    def redness(m):
+        return (m[:, 0] / m[:, 1]).mean()
     assert redness(mean[lips]) > redness(mean[skin]) + 0.3  # lips redder
     assert mean[lips].sum(1).mean() < mean[skin].sum(1).mean()  # and darker
     assert mean[brows].sum(1).mean() < 0.7 * mean[skin].sum(1).mean()

@@ -56,7 +56,8 @@ def _uv_sphere(n_lat: int, n_lon: int, radius) -> tuple[np.ndarray, list[list[in
             r = radius(a)
             verts.append((r * math.sin(a) * math.cos(phi), r * math.sin(a) * math.sin(phi), r * math.cos(a)))
     verts.append((0.0, 0.0, -radius(math.pi)))
-    ring = lambda i, j: 1 + i * n_lon + (j % n_lon)
+    def ring(i, j):
+        return 1 + i * n_lon + (j % n_lon)
     back = len(verts) - 1
     faces = [[0, ring(0, j), ring(0, j + 1)] for j in range(n_lon)]
     for i in range(n_lat - 2):
@@ -120,7 +121,8 @@ def build_synthetic(tmp_path: Path, *, with_eye: bool = False, seed: int = 0) ->
     if with_eye:
         centre = np.array([-3.0, 1.5, 4.0])
         limbus = math.radians(30.0)
-        bulge = lambda a: 1.2 * (1 + 0.08 * max(0.0, (math.cos(a) - math.cos(limbus)) / (1 - math.cos(limbus))))
+        def bulge(a):
+            return 1.2 * (1 + 0.08 * max(0.0, (math.cos(a) - math.cos(limbus)) / (1 - math.cos(limbus))))
         sclera, sclera_faces = _uv_sphere(18, 24, bulge)
         iris, iris_faces = _uv_sphere(18, 24, lambda a: 1.1)
         start = N_FACE + N_HEAD
@@ -159,7 +161,7 @@ def build_synthetic(tmp_path: Path, *, with_eye: bool = False, seed: int = 0) ->
     (fx / "generic_neutral_mesh.obj").write_text(_obj(neutral, faces))
     for i, verts in enumerate(identities):
         (fx / f"identity{i:03d}.obj").write_text(_obj(verts, faces))
-    for name, verts in zip(EXPRESSIONS, expressions):
+    for name, verts in zip(EXPRESSIONS, expressions, strict=False):
         (fx / f"{name}.obj").write_text(_obj(verts, faces))
     info = {"expressions": EXPRESSIONS, "fitting_expressions": EXPRESSIONS, "idx_to_landmark_verts": landmarks.tolist()}
     (fx / "vertex_indices.json").write_text(json.dumps(info))
@@ -217,7 +219,8 @@ def test_quads_split_into_two_ccw_triangles(synthetic: Synthetic, model: FaceMod
     normals = np.cross(v[tris[:, 1]] - v[tris[:, 0]], v[tris[:, 2]] - v[tris[:, 0]])
     assert (normals[:, 2] > 0).all()  # counter-clockwise seen from the front (+z)
     # Each quad (a, b, c, d) of the grid becomes (a, b, c) + (a, c, d), in either diagonal order.
-    canon = lambda t: tuple(np.roll(t, -int(np.argmin(t))))
+    def canon(t):
+        return tuple(np.roll(t, -int(np.argmin(t))))
     got = {canon(t) for t in tris}
     idx = np.arange(N_FACE).reshape(GRID, GRID)
     for r in range(GRID - 1):
@@ -435,7 +438,8 @@ def test_real_ict_facekit(tmp_path: Path) -> None:
     theta_e = torch.zeros(1, model.n_expression)
     theta_e[0, 0] = 3.0
     opened = model.geometry(torch.zeros(1, model.n_shape), theta_e)[0]
-    gap = lambda g: float(g[lm[62], 1] - g[lm[66], 1])
+    def gap(g):
+        return float(g[lm[62], 1] - g[lm[66], 1])
     assert gap(opened) > gap(model.mean_shape) + 5.0
     loaded = FaceModel.load(model.save(tmp_path / "ict.npz"))
     for key, value in model.arrays().items():

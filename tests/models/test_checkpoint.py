@@ -33,7 +33,7 @@ def face_file(tmp_path, toy_face_model):
 
 def test_checkpoint_records_identity_and_render_settings(tmp_path, face_file, toy_face_model):
     render = RenderSettings(face_model=str(face_file), image_size=32, backend="torch", camera_distance=700.0)
-    model, path = _fit_one_step(tmp_path, render)
+    _model, path = _fit_one_step(tmp_path, render)
     saved = torch.load(path, weights_only=True)
     record = saved["ifn"]
     assert record["face_model"] == {"name": "toy", "sha256": toy_face_model.sha256, "n_shape": 6,

@@ -70,7 +70,7 @@ def _geometry_rmse(renderer, theta_a: torch.Tensor, theta_b: torch.Tensor, verti
     layout = renderer.layout
     basis = torch.cat([fm.shape_basis * fm.shape_std[:, None, None], fm.expression_basis * fm.expression_std[:, None, None]])
     out = []
-    for a, b in zip(theta_a.double(), theta_b.double()):
+    for a, b in zip(theta_a.double(), theta_b.double(), strict=False):
         coeff = torch.cat([a[layout.slices["shape"]] - b[layout.slices["shape"]],
                            a[layout.slices["expression"]] - b[layout.slices["expression"]]])
         displacement = torch.einsum("k,kvc->vc", coeff, basis.double())[vertices]

@@ -25,7 +25,7 @@ RENDER = RenderSettings(n_shape=N_SHAPE, n_expression=N_EXPRESSION, n_reflectanc
                         backend="torch")
 
 
-def _renderer():  # noqa: ANN202
+def _renderer():
     return RENDER.build_renderer()
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ifn.facemodel import load_face_model
-from ifn.render import FaceRenderer
 from ifn.params import ParamLayout
+from ifn.render import FaceRenderer
 
 
 def _lit_theta(layout: ParamLayout, batch: int = 1, yaw: float = 0.0) -> torch.Tensor:

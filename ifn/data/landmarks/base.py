@@ -241,7 +241,7 @@ class LandmarkDetector(ABC):
             reason = f"all {dropped_small} face(s) smaller than min_face_size={min_face_size:g} px"
         return Detection(faces=kept, reason=reason, dropped_small=dropped_small, dropped_extra=dropped_extra)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most detectors hold nothing native
         """Release native resources (graphs, networks); the detector rebuilds them on use."""
 
     def __repr__(self) -> str:

@@ -216,7 +216,7 @@ class FaceAlignmentLandmarks(LandmarkDetector):
             image, detected_faces=[b[:4] for b in boxes], return_bboxes=True, return_landmark_score=True
         )
         faces = []
-        for lm, sc, box in zip(landmarks or [], scores or [], boxes):
+        for lm, sc, box in zip(landmarks or [], scores or [], boxes, strict=False):
             lm = np.asarray(lm, dtype=np.float64)[:, :2] + 0.5  # integer pixel index -> centre
             score = float(np.mean(np.asarray(sc))) if sc is not None else math.nan
             faces.append(Face(lm, np.asarray(box[:4], dtype=np.float64), score, "fan"))

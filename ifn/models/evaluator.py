@@ -14,7 +14,9 @@ torchmetrics metrics with sum states, so values are exact under DDP.
 Names (for stage ``test``; ``val`` alike): ``test/photometric_error``,
 ``test/photometric_error_std``, ``test/geometric_error_mm``, ``test/iou``,
 ``test/param_rmse_<group>``, ``test/real_photometric_error``, ``test/real_iou``, each also
-with ``_mean_face`` appended (``test/photometric_error_std_mean_face``).
+with ``_mean_face`` appended (``test/photometric_error_std_mean_face``); and
+``test/param_rel_rmse_<group>``, a group's error relative to the mean face's (0 is perfect,
+1 is what predicting the mean face achieves: the group is not learned).
 """
 
 from __future__ import annotations
@@ -153,6 +155,12 @@ class Evaluator(nn.Module):
                         stats = metric.compute_stats()  # one synchronisation for mean and std
                         values[f"{self.stage}/{kind}{name}{suffix}"] = stats["mean"]
                         values[f"{self.stage}/{kind}{name}_std{suffix}"] = stats["std"]
+        # Each group's error relative to the mean face's: 1 means the group is not learned at all.
+        for group in self.renderer.layout.sizes:
+            network = values.get(f"{self.stage}/param_rmse_{group}")
+            reference = values.get(f"{self.stage}/param_rmse_{group}_mean_face")
+            if network is not None and reference is not None:
+                values[f"{self.stage}/param_rel_rmse_{group}"] = network / reference
         return values
 
     def reset(self) -> None:

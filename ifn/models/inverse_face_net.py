@@ -159,7 +159,10 @@ class InverseFaceNet(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         if batch_idx % 50 == 0:
             parts = self.loss.per_group(prediction.detach(), batch.theta)
+            total = sum(parts.values())
             self.log_dict({f"train/loss_{k}": v for k, v in parts.items()}, batch_size=batch_size)
+            # Each group's share of the loss: a group with a tiny share gets almost no gradient.
+            self.log_dict({f"train/loss_share_{k}": v / total for k, v in parts.items()}, batch_size=batch_size)
         return loss
 
     # ------------------------------------------------------------ evaluation

@@ -148,6 +148,10 @@ def test_geometric_error_is_measured_on_the_face_region_only(renderer, theta):
     assert values["val/geometric_error_mm_std"] == pytest.approx(0.0, abs=1e-4)
     assert values["val/param_rmse_shape"] == pytest.approx(1.5 / math.sqrt(3), rel=1e-6)
     assert values["val/param_rmse_rotation"] == pytest.approx(0.0, abs=1e-9)
+    # Relative to the mean face: its shape error is the RMS of the true shape coefficients.
+    mean_face_shape = theta[:, renderer.layout.slices["shape"]].double().pow(2).mean().sqrt().item()
+    assert values["val/param_rel_rmse_shape"] == pytest.approx((1.5 / math.sqrt(3)) / mean_face_shape, rel=1e-5)
+    assert values["val/param_rel_rmse_rotation"] == pytest.approx(0.0, abs=1e-9)
 
 
 # -------------------------------------------------------------------------- real photos

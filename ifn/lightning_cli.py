@@ -28,6 +28,7 @@ class IFNLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.renderer", "model.renderer", apply_on="instantiate")
+        parser.link_arguments("data.prior_source", "model.prior_source", apply_on="instantiate")
         parser.add_lightning_class_args(TestMetricsWriter, "test_metrics")
         parser.add_lightning_class_args(ThetaJSONWriter, "predictions")
         # Breeding is always wired in but off (0 rounds) unless a config turns it on, so the

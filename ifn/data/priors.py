@@ -109,3 +109,32 @@ class ParameterPrior:
         light = light.expand(n, NUM_SH, 3)
         params = FaceParams(rotation, shape, expression, reflectance, light)
         return layout.join(params).to(device=device, dtype=torch.float32)
+
+    def moments(self, layout: ParamLayout, *, expression_prior: ExpressionPrior) -> tuple[Tensor, Tensor]:
+        """The mean and variance of every entry of θ under this prior, in closed form.
+
+        A uniform law U(a, b) has mean (a + b)/2 and variance (b − a)²/12; a normal law
+        N(0, s²) mean 0 and variance s².
+
+        Returns:
+            ``(m,)`` float64 means and ``(m,)`` float64 variances.
+        """
+        pitch_yaw = math.radians(self.pitch_yaw_deg)
+        roll = math.radians(self.roll_deg)
+        low, high, bias = self.expression(expression_prior)
+        mean = torch.zeros(layout.size, dtype=torch.float64)
+        var = torch.zeros(layout.size, dtype=torch.float64)
+        s = layout.slices
+        var[s["rotation"]] = torch.tensor([pitch_yaw**2 / 3, pitch_yaw**2 / 3, roll**2 / 3], dtype=torch.float64)
+        var[s["shape"]] = self.shape_std**2
+        mean[s["expression"]] = (low + high) / 2
+        if layout.n_expression:
+            mean[s["expression"].start] += bias
+        var[s["expression"]] = (high - low) ** 2 / 12
+        var[s["reflectance"]] = self.reflectance_std**2
+        light = s["illumination"]
+        var[light] = self.illumination_range**2 / 3
+        ambient = slice(light.start, light.start + 3)  # coefficient-major: k = 0 for R, G, B
+        mean[ambient] = (self.ambient_low + self.ambient_high) / 2
+        var[ambient] = (self.ambient_high - self.ambient_low) ** 2 / 12
+        return mean, var

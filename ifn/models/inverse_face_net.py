@@ -18,6 +18,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from ifn.data.batch import FaceBatch
+from ifn.data.priors import ParameterPrior
+from ifn.data.sources import PriorSource
 from ifn.facemodel.model import FaceModel
 from ifn.models.backbone import create_backbone
 from ifn.models.checkpoint import (
@@ -49,6 +51,10 @@ class InverseFaceNet(L.LightningModule):
         reflectance_weight: ωr.
         illumination_weight: ωi.
         euclidean_loss: the plain-L2 ablation (all weights and σ's 1).
+        balanced_loss: the ω's set each group's share of the loss expected at the prior mean
+            (see :class:`~ifn.models.losses.ModelSpaceLoss`); needs the training prior.
+        prior_source: the training prior (the DataModule's ``prior_source``, handed over by
+            the CLI); ``None`` takes the default prior with the face model's expression prior.
         optimizer: optimizer factory (default: AdaDelta, lr 0.01, weight decay 0.001).
         lr_scheduler: optional scheduler factory.
 
@@ -72,17 +78,24 @@ class InverseFaceNet(L.LightningModule):
         reflectance_weight: float = 100.0,
         illumination_weight: float = 20.0,
         euclidean_loss: bool = False,
+        balanced_loss: bool = False,
+        prior_source: PriorSource | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["renderer", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["renderer", "prior_source", "optimizer", "lr_scheduler"])
         # A submodule, so it moves with the network; the face model's tensors are not
         # persistent, so checkpoints hold only the network (and the identity, see
         # on_save_checkpoint).
         self.renderer = renderer
         self.layout = renderer.layout
         self.net = create_backbone(backbone, self.layout.size, pretrained, backbone_checkpoint)
+        prior_variance = None
+        if balanced_loss:
+            prior = prior_source.prior if prior_source is not None else ParameterPrior()
+            expression_prior = renderer.face_model.metadata.expression_prior
+            prior_variance = prior.moments(self.layout, expression_prior=expression_prior)[1]
         self.loss = ModelSpaceLoss(
             renderer.face_model,
             rotation_weight=rotation_weight,
@@ -91,6 +104,8 @@ class InverseFaceNet(L.LightningModule):
             reflectance_weight=reflectance_weight,
             illumination_weight=illumination_weight,
             euclidean=euclidean_loss,
+            balanced=balanced_loss,
+            prior_variance=prior_variance,
         )
         self.evaluators = nn.ModuleDict(
             {"val": Evaluator(renderer, "val"), "test": Evaluator(renderer, "test", keep_per_image=True)}

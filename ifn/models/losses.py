@@ -5,6 +5,14 @@
 the face (millimetres of geometry, albedo units), so high-variance modes matter more.
 The ablation baseline is the plain Euclidean loss (all ω = 1, σ = 1).
 
+Balanced (``balanced=True``): within a group, errors still cost what they do to the face;
+between groups, the ω's become each group's share of the loss expected at the start of
+training. Each group g is divided by ``n_g = Σ_{i∈g} (σ_i/√V)² Var_prior(θ_i)``, the loss a
+prediction of the prior mean would make on average, so
+``E_prior[L_g(prior mean, θ)] = ω_g`` exactly. With the paper's literal weighting the
+appearance groups carry a tiny share of the loss and so of the gradient, and the network
+learns to predict their mean.
+
 Convention:
     σ here is the RMS *per-vertex* effect of one unit of θ: ``σ_i / √V`` for the stored
     standard deviation σ_i of an orthonormal ``3V``-dimensional mode (millimetres of
@@ -37,6 +45,9 @@ class ModelSpaceLoss(nn.Module):
         reflectance_weight: ωr.
         illumination_weight: ωi.
         euclidean: ignore the weights and σ's: ``L = ‖p − θ‖²`` (the paper's baseline).
+        balanced: make the ω's the groups' shares of the expected loss at the prior mean.
+        prior_variance: ``(m,)`` per-entry variance of θ under the training prior (needed
+            when ``balanced``; :meth:`ifn.data.priors.ParameterPrior.moments`).
 
     Example:
         >>> from ifn.facemodel import procedural_face_model
@@ -57,10 +68,17 @@ class ModelSpaceLoss(nn.Module):
         reflectance_weight: float = 100.0,
         illumination_weight: float = 20.0,
         euclidean: bool = False,
+        balanced: bool = False,
+        prior_variance: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.layout = ParamLayout.for_face_model(face_model)
         self.euclidean = euclidean
+        self.balanced = balanced
+        if balanced and euclidean:
+            raise ValueError("a loss is either euclidean or balanced, not both")
+        if balanced and (prior_variance is None or prior_variance.shape != (self.layout.size,)):
+            raise ValueError(f"balanced needs the prior's per-entry variance, shape ({self.layout.size},)")
         self.weights = {
             "rotation": rotation_weight,
             "shape": shape_weight,
@@ -79,12 +97,27 @@ class ModelSpaceLoss(nn.Module):
                 "reflectance": face_model.reflectance_std.detach().cpu().float() * per_vertex,
                 "illumination": torch.ones(self.layout.n_illumination),
             }
-            scale = torch.cat([self.weights[group] * stds[group] for group in self.layout.sizes])
+            if balanced:
+                assert prior_variance is not None
+                scale = torch.cat(list(stds.values())).double()
+                for group, cols in self.layout.slices.items():
+                    if cols.stop == cols.start:
+                        continue
+                    expected = (scale[cols] ** 2 * prior_variance[cols].double()).sum()
+                    if expected <= 0:
+                        raise ValueError(f"the prior does not vary {group}: it cannot be balanced")
+                    scale[cols] *= (self.weights[group] / expected).sqrt()
+                scale = scale.float()
+            else:
+                scale = torch.cat([self.weights[group] * stds[group] for group in self.layout.sizes])
         # Σ's diagonal; A = ΣᵀΣ is diagonal too, so (p−θ)ᵀA(p−θ) = ‖Σ(p−θ)‖².
         self.register_buffer("scale", scale)
 
     def extra_repr(self) -> str:
-        return "euclidean=True" if self.euclidean else ", ".join(f"{k}_weight={v:g}" for k, v in self.weights.items())
+        if self.euclidean:
+            return "euclidean=True"
+        weights = ", ".join(f"{k}_weight={v:g}" for k, v in self.weights.items())
+        return weights + (", balanced=True" if self.balanced else "")
 
     def per_group(self, prediction: Tensor, target: Tensor) -> dict[str, Tensor]:
         """Each group's share of the loss, averaged over the batch."""

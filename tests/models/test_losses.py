@@ -68,3 +68,49 @@ def test_loss_rejects_mismatched_shapes(toy_face_model):
     loss = ModelSpaceLoss(toy_face_model)
     with pytest.raises(ValueError, match="must both be"):
         loss(torch.zeros(2, 3), torch.zeros(2, 3))
+
+
+def test_balanced_loss_gives_each_group_its_weight_in_expectation(toy_face_model):
+    """At the prior mean, the balanced loss of each group averages to its ω over prior samples."""
+    from ifn.data.priors import ParameterPrior
+
+    prior = ParameterPrior()
+    expression_prior = toy_face_model.metadata.expression_prior
+    layout = ParamLayout.for_face_model(toy_face_model)
+    _, variance = prior.moments(layout, expression_prior=expression_prior)
+    weights = {"rotation": 1.0, "shape": 2.0, "expression": 3.0, "reflectance": 4.0, "illumination": 5.0}
+    loss = ModelSpaceLoss(toy_face_model, **{f"{k}_weight": v for k, v in weights.items()}, balanced=True,
+                          prior_variance=variance)
+    theta = prior.sample(layout, 100_000, expression_prior=expression_prior, generator=torch.Generator().manual_seed(0))
+    # The prior mean, by hand: 0 but the expression range's centre (+ bias on θe,1) and ambient light 0.9.
+    mean = torch.zeros(layout.size)
+    e = layout.slices["expression"]
+    mean[e] = (expression_prior.low + expression_prior.high) / 2
+    mean[e.start] += expression_prior.first_bias
+    ambient = layout.slices["illumination"].start
+    mean[ambient : ambient + 3] = 0.9
+    parts = loss.per_group(mean.expand_as(theta), theta)
+    for group, weight in weights.items():
+        assert parts[group].item() == pytest.approx(weight, rel=0.02), group
+    # The paper's literal weighting, for contrast, gives appearance a tiny share of the same loss.
+    literal = ModelSpaceLoss(toy_face_model).per_group(mean.expand_as(theta), theta)
+    total = sum(v.item() for v in literal.values())
+    assert literal["illumination"].item() / total < 0.05
+
+
+def test_balanced_loss_keeps_model_space_weighting_within_a_group(toy_face_model):
+    from ifn.data.priors import ParameterPrior
+
+    layout = ParamLayout.for_face_model(toy_face_model)
+    _, variance = ParameterPrior().moments(layout, expression_prior=toy_face_model.metadata.expression_prior)
+    balanced = ModelSpaceLoss(toy_face_model, balanced=True, prior_variance=variance)
+    literal = ModelSpaceLoss(toy_face_model)
+    shape = layout.slices["shape"]
+    # Within the shape group the ratio of entries' costs is σ_i² / σ_j², as in the literal loss.
+    ratio_balanced = balanced.scale[shape] / balanced.scale[shape.start]
+    ratio_literal = literal.scale[shape] / literal.scale[shape.start]
+    assert torch.allclose(ratio_balanced, ratio_literal, rtol=1e-5)
+    with pytest.raises(ValueError, match="variance"):
+        ModelSpaceLoss(toy_face_model, balanced=True)
+    with pytest.raises(ValueError, match="either euclidean or balanced"):
+        ModelSpaceLoss(toy_face_model, balanced=True, euclidean=True, prior_variance=variance)

@@ -76,3 +76,25 @@ def test_same_generator_seed_same_samples():
 def test_invalid_expression_range():
     with pytest.raises(ValueError, match="low <= high"):
         ParameterPrior(expression_low=2.0, expression_high=1.0).sample(LAYOUT, 1, expression_prior=PAPER_EXPRESSION)
+
+
+def test_moments_are_the_closed_form_of_the_laws():
+    layout = ParamLayout(n_shape=3, n_expression=4, n_reflectance=2)
+    prior = ParameterPrior()
+    mean, var = prior.moments(layout, expression_prior=ExpressionPrior(low=-3.0, high=3.0, first_bias=2.0))
+    s = layout.slices
+    deg = math.pi / 180
+    # By hand: U(-a, a) has variance a²/3; U(a, b) mean (a + b)/2 and variance (b - a)²/12.
+    assert torch.allclose(var[s["rotation"]], torch.tensor([(40 * deg) ** 2 / 3] * 2 + [(15 * deg) ** 2 / 3], dtype=torch.float64))
+    assert torch.equal(var[s["shape"]], torch.ones(3, dtype=torch.float64))
+    assert torch.equal(mean[s["expression"]], torch.tensor([2.0, 0.0, 0.0, 0.0], dtype=torch.float64))
+    assert torch.allclose(var[s["expression"]], torch.full((4,), 3.0, dtype=torch.float64))
+    light = s["illumination"].start
+    assert torch.allclose(mean[light : light + 3], torch.full((3,), 0.9, dtype=torch.float64))
+    assert torch.allclose(var[light : light + 3], torch.full((3,), 0.03, dtype=torch.float64))
+    assert torch.allclose(var[light + 3 :], torch.full((24,), 0.2**2 / 3, dtype=torch.float64))
+    # And the sampler agrees with them.
+    sample = prior.sample(layout, 200_000, expression_prior=ExpressionPrior(-3.0, 3.0, 2.0),
+                          generator=torch.Generator().manual_seed(0)).double()
+    assert torch.allclose(sample.mean(0), mean, atol=0.02)
+    assert torch.allclose(sample.var(0), var, rtol=0.02)

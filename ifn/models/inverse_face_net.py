@@ -55,6 +55,10 @@ class InverseFaceNet(L.LightningModule):
             (see :class:`~ifn.models.losses.ModelSpaceLoss`); needs the training prior.
         prior_source: the training prior (the DataModule's ``prior_source``, handed over by
             the CLI); ``None`` takes the default prior with the face model's expression prior.
+        photometric_weight: weight of an extra training term (not in the paper): the mean
+            squared colour error, in [0, 1] units inside the input's mask, between the render
+            of the prediction and the synthetic input. It reaches appearance through the
+            pixels it changes; 0 turns it off.
         optimizer: optimizer factory (default: AdaDelta, lr 0.01, weight decay 0.001).
         lr_scheduler: optional scheduler factory.
 
@@ -80,6 +84,7 @@ class InverseFaceNet(L.LightningModule):
         euclidean_loss: bool = False,
         balanced_loss: bool = False,
         prior_source: PriorSource | None = None,
+        photometric_weight: float = 0.0,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -110,6 +115,9 @@ class InverseFaceNet(L.LightningModule):
         self.evaluators = nn.ModuleDict(
             {"val": Evaluator(renderer, "val"), "test": Evaluator(renderer, "test", keep_per_image=True)}
         )
+        if photometric_weight < 0:
+            raise ValueError(f"photometric_weight must be >= 0, got {photometric_weight}")
+        self.photometric_weight = photometric_weight
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
 
@@ -168,6 +176,10 @@ class InverseFaceNet(L.LightningModule):
     def training_step(self, batch: FaceBatch, batch_idx: int) -> Tensor:
         prediction = self(batch.input)
         loss = self.loss(prediction, batch.theta)
+        if self.photometric_weight > 0:
+            photometric = self.photometric_term(prediction, batch)
+            self.log("train/photometric_mse", photometric.detach(), batch_size=len(batch))
+            loss = loss + self.photometric_weight * photometric
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         batch_size = prediction.shape[0]
@@ -179,6 +191,14 @@ class InverseFaceNet(L.LightningModule):
             # Each group's share of the loss: a group with a tiny share gets almost no gradient.
             self.log_dict({f"train/loss_share_{k}": v / total for k, v in parts.items()}, batch_size=batch_size)
         return loss
+
+    def photometric_term(self, prediction: Tensor, batch: FaceBatch) -> Tensor:
+        """Mean squared colour error between the render of ``prediction`` and ``batch.image``
+        over the pixels and channels inside ``batch.mask`` (differentiable in θ)."""
+        render = self.renderer(prediction)
+        inside = batch.mask
+        squared = (render.image - batch.image).pow(2) * inside
+        return squared.sum() / (3 * inside.sum()).clamp_min(1.0)
 
     # ------------------------------------------------------------ evaluation
     def validation_step(self, batch: FaceBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -224,13 +244,23 @@ class InverseFaceNet(L.LightningModule):
 
     # ------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from ifn.models.checkpoint import record_weights  # the checks of a checkpoint live there
+
         checkpoint[CHECKPOINT_KEY] = face_model_record(self.renderer)
+        # Lightning has filled checkpoint["state_dict"] before this hook: hash what is written.
+        record_weights(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from ifn.models.checkpoint import check_state_dict_fits, check_weights
+
         source = "checkpoint"
         if self._trainer is not None and self.trainer.ckpt_path:
             source = str(self.trainer.ckpt_path)
+        # Intact first (a flipped bit), then the right face model, then weights that fit this
+        # network: each refusal is one line instead of a bad run or PyTorch's key listing.
+        check_weights(checkpoint, source)
         check_face_model(checkpoint, self.renderer, source)
+        check_state_dict_fits(checkpoint, self, source)
 
     # -------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:

@@ -186,3 +186,23 @@ def test_training_step_gives_finite_loss_and_backbone_gradients():
     before = stem.detach().clone()
     optimizer.step()
     assert not torch.equal(stem.detach(), before)
+
+
+def test_photometric_term_is_the_masked_colour_mse_and_reaches_appearance():
+    dm = SyntheticFaceDataModule(render=RENDER, batch_size=2, val_size=2, test_size=2)
+    model = InverseFaceNet(dm.renderer, backbone=SMALL, photometric_weight=10.0)
+    theta = dm.source.batch(0, 0, 2)
+    batch = dm.render_batch(theta)
+    assert model.photometric_term(theta, batch).item() == pytest.approx(0.0, abs=1e-10)
+    # Targets brighter by 0.1 inside the mask: the mean squared error is 0.1² exactly.
+    brighter = type(batch)(input=batch.input, image=batch.image + 0.1 * batch.mask, mask=batch.mask,
+                           landmarks=batch.landmarks, theta=theta)
+    assert model.photometric_term(theta, brighter).item() == pytest.approx(0.01, rel=1e-5)
+    # Its gradient reaches reflectance and illumination, which the pixels depend on.
+    prediction = theta.clone().requires_grad_(True)
+    model.photometric_term(prediction, brighter).backward()
+    layout = dm.renderer.layout
+    for group in ("reflectance", "illumination"):
+        assert prediction.grad[:, layout.slices[group]].abs().sum() > 0, group
+    with pytest.raises(ValueError, match="photometric_weight"):
+        InverseFaceNet(dm.renderer, backbone=SMALL, photometric_weight=-1.0)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import lightning as L
 import pytest
 import torch
 
 from ifn.data.datamodule import SyntheticFaceDataModule
 from ifn.facemodel.model import FaceModel
-from ifn.models.checkpoint import CheckpointMismatchError, check_face_model
+from ifn.models.checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    check_face_model,
+    read_checkpoint,
+)
 from ifn.models.inverse_face_net import InverseFaceNet
 from ifn.render.settings import RenderSettings
 
@@ -85,3 +93,87 @@ def test_checkpoints_from_before_identities_load_or_fail_clearly(tmp_path):
     bigger = render.replace(n_shape=5).build_renderer()
     with pytest.raises(CheckpointMismatchError, match="old.ckpt predicts 38 θ values"):
         check_face_model(old, bigger, "old.ckpt")
+
+
+def _independent_weights_hash(state_dict) -> str:
+    """The documented rule, written out again: name, dtype, shape and bytes of every tensor, in order."""
+    digest = hashlib.sha256(b"ifn-weights/1")
+    for key, value in state_dict.items():
+        digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _tester(tmp_path):
+    return L.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False,
+                     enable_progress_bar=False, enable_model_summary=False)
+
+
+SMALL = RenderSettings(n_shape=3, n_expression=2, n_reflectance=3, image_size=32, backend="torch")
+
+
+def test_weights_hash_is_recorded_and_a_changed_weight_is_refused(tmp_path):
+    model, path = _fit_one_step(tmp_path, SMALL)
+    saved = torch.load(path, weights_only=True)
+    assert saved["ifn"]["weights_sha256"] == _independent_weights_hash(saved["state_dict"])
+    assert saved["ifn"]["weights_sha256"] == _independent_weights_hash(model.state_dict())
+
+    # One bit of one weight changed, everything else (the recorded hash too) as saved.
+    key = "net.conv_stem.weight"
+    saved["state_dict"][key].view(torch.int32).reshape(-1)[7] ^= 1 << 3
+    flipped = tmp_path / "flipped.ckpt"
+    torch.save(saved, flipped)
+    dm = SyntheticFaceDataModule(render=SMALL, batch_size=2, val_size=0, test_size=2)
+    with pytest.raises(CheckpointError) as info:
+        _tester(tmp_path).test(InverseFaceNet(dm.renderer, backbone=BACKBONE), datamodule=dm, ckpt_path=flipped)
+    message = str(info.value)
+    assert message.startswith(f"{flipped}: weights do not match their recorded hash: the file is corrupt")
+    assert "\n" not in message
+    with pytest.raises(CheckpointError, match="weights do not match their recorded hash"):
+        InverseFaceNet.from_checkpoint(flipped)
+
+
+def test_checkpoints_without_a_weights_hash_load_as_before(tmp_path):
+    model, path = _fit_one_step(tmp_path, SMALL)
+    old = torch.load(path, weights_only=True)
+    del old["ifn"]["weights_sha256"]
+    old["ifn"]["version"] = 1
+    old_path = tmp_path / "old.ckpt"
+    torch.save(old, old_path)
+    restored = InverseFaceNet.from_checkpoint(old_path)
+    x = torch.rand(2, 3, 32, 32) - 0.5
+    assert torch.equal(restored(x), model.eval()(x))
+    dm = SyntheticFaceDataModule(render=SMALL, batch_size=2, val_size=0, test_size=2)
+    results = _tester(tmp_path).test(InverseFaceNet(dm.renderer, backbone=BACKBONE), datamodule=dm, ckpt_path=old_path)
+    assert results and "test/iou" in results[0]
+
+
+def test_unreadable_checkpoints_are_one_line_errors(tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match="nope.ckpt: checkpoint file not found"):
+        read_checkpoint(tmp_path / "nope.ckpt")
+    _, path = _fit_one_step(tmp_path, SMALL)
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(data[: len(data) // 2])
+    garbage = tmp_path / "random.ckpt"
+    garbage.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes())
+    not_a_checkpoint = tmp_path / "tensor.ckpt"
+    torch.save(torch.zeros(3), not_a_checkpoint)
+    for bad in (truncated, garbage):
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(bad)
+        assert str(info.value).startswith(f"{bad}: not a readable checkpoint, the file is truncated or damaged")
+        assert "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match="tensor.ckpt: not a Lightning checkpoint"):
+        read_checkpoint(not_a_checkpoint)
+
+
+def test_weights_of_another_backbone_are_one_line_errors(tmp_path):
+    _, path = _fit_one_step(tmp_path, SMALL)
+    dm = SyntheticFaceDataModule(render=SMALL, batch_size=2, val_size=0, test_size=2)
+    other = InverseFaceNet(dm.renderer, backbone="mobilenetv3_small_075")
+    with pytest.raises(CheckpointMismatchError) as info:
+        _tester(tmp_path).test(other, datamodule=dm, ckpt_path=path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: its weights do not fit this network (trained with model.backbone='{BACKBONE}')")
+    assert "of another shape, e.g. net." in message and "\n" not in message

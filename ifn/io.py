@@ -1,7 +1,19 @@
-"""Atomic file writing: a file is either absent, the old version, or complete — never half-written.
+"""Atomic file writing, and how ifn writes a file-system path as text.
 
-Face models, real-face caches, metrics JSON, per-image CSVs and predictions all go
-through :func:`atomic_write`.
+Atomic: a file is either absent, the old version, or complete — never half-written. Face
+models, real-face caches, metrics JSON, per-image CSVs and predictions all go through
+:func:`atomic_write`.
+
+Paths as text (:func:`path_text`, the one rule for every JSON, CSV and report ifn writes):
+on POSIX a file name is bytes and need not be valid UTF-8; Python hands such a name over as
+a ``str`` with lone surrogates (``os.fsdecode``'s ``surrogateescape``), which no UTF-8 file
+can hold. ifn writes a path as its UTF-8 text with ``%`` written ``%25`` and each byte that
+is not valid UTF-8 written ``%XX`` (two upper-case hex digits): ``café.jpg`` stays
+``café.jpg``, the Latin-1 name ``b"caf\\xe9.jpg"`` becomes ``caf%E9.jpg``, ``100%.jpg``
+becomes ``100%25.jpg``. The rule is reversible: ``urllib.parse.unquote_to_bytes(text)`` gives
+the path's bytes back (``os.fsdecode`` of them, the ``str`` Python uses). The JSON and CSV
+writers here apply it to any string that still holds a lone surrogate, so writing a result
+never fails on a file name.
 """
 
 from __future__ import annotations
@@ -10,12 +22,90 @@ import contextlib
 import csv
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_csv_atomic", "write_json_atomic"]
+__all__ = ["PATH_ENCODING", "atomic_write", "path_text", "writable", "write_csv_atomic", "write_json_atomic"]
+
+#: How the paths in ifn's outputs are written (:func:`path_text`), in words, for the files themselves.
+PATH_ENCODING = (
+    "UTF-8 text; '%' and every byte that is not valid UTF-8 are written %XX "
+    "(urllib.parse.unquote_to_bytes(text) gives the path's bytes)"
+)
+#: What path_text rewrites: the escape character itself and every lone surrogate.
+_TO_ESCAPE = re.compile("[%\ud800-\udfff]")
+
+
+def _percent(match: re.Match[str]) -> str:
+    char = match.group()
+    if char == "%":
+        return "%25"
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that surrogateescape could not decode
+        return f"%{code - 0xDC00:02X}"
+    # Any other lone surrogate cannot come from a POSIX file name; keep it recoverable as the
+    # bytes that "surrogatepass" gives it.
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+
+
+def path_text(path: str | os.PathLike[str] | bytes) -> str:
+    """A path as the text ifn writes: UTF-8, with ``%`` and each byte that is not UTF-8 as ``%XX``.
+
+    Valid UTF-8 names stay readable (only ``%`` changes); the result never holds a lone
+    surrogate, so it can go into any UTF-8 file. See the module docstring for the rule.
+
+    Args:
+        path: a ``str`` (possibly holding ``surrogateescape`` characters), a path object,
+            or the raw bytes of a name.
+
+    Example:
+        >>> import urllib.parse
+        >>> raw = b"photos/caf\\xe9 100%.jpg"  # Latin-1, not valid UTF-8
+        >>> text = path_text(os.fsdecode(raw))
+        >>> text
+        'photos/caf%E9 100%25.jpg'
+        >>> urllib.parse.unquote_to_bytes(text) == raw
+        True
+        >>> path_text("café.jpg")
+        'café.jpg'
+    """
+    if isinstance(path, bytes):
+        text = path.decode("utf-8", "surrogateescape")
+    else:
+        text = os.fspath(path)
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "surrogateescape")
+    return _TO_ESCAPE.sub(_percent, text)
+
+
+def writable(value: Any) -> Any:
+    """``value`` (nested dicts, lists, strings) with every string that holds a lone surrogate,
+    and every path object, written by :func:`path_text`; everything else unchanged.
+
+    A lone surrogate can only come from a file name that is not UTF-8 (in a path or a
+    message quoting one); left in, a UTF-8 writer fails (CSV) or JSON gets escapes that
+    decode to invalid text.
+
+    Example:
+        >>> writable({"path": os.fsdecode(b"a\\xff.jpg"), "n": 1, "note": "100%"})
+        {'path': 'a%FF.jpg', 'n': 1, 'note': '100%'}
+    """
+    if isinstance(value, str):
+        return path_text(value) if _has_surrogate(value) else value
+    if isinstance(value, dict):
+        return {writable(k): writable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [writable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return path_text(value)
+    return value
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= char <= "\udfff" for char in text)
 
 
 def _umask() -> int:
@@ -55,16 +145,22 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: 
 
 
 def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
-    """Write ``payload`` as indented, key-sorted JSON, atomically."""
-    with atomic_write(path, "w") as handle:
-        handle.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    """Write ``payload`` as indented, key-sorted JSON, atomically.
+
+    Strings holding lone surrogates (names that are not UTF-8) are written by :func:`path_text`.
+    """
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(writable(payload), indent=2, sort_keys=True) + "\n")
     return Path(path)
 
 
 def write_csv_atomic(path: str | os.PathLike[str], rows: list[dict[str, Any]], columns: list[str]) -> Path:
-    """Write ``rows`` as CSV with a header line, atomically."""
-    with atomic_write(path, "w", newline="") as handle:
+    """Write ``rows`` as UTF-8 CSV with a header line, atomically.
+
+    Strings holding lone surrogates (names that are not UTF-8) are written by :func:`path_text`.
+    """
+    with atomic_write(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(writable(row) for row in rows)
     return Path(path)

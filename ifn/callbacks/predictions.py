@@ -1,9 +1,19 @@
-"""``ifn predict``: write θ per face as JSON (one file per face, named after its photo)."""
+"""``ifn predict``: write θ per face as JSON (one file per face, named after its photo).
+
+File names never collide: ``<photo path below predict_dir, cleaned>.<16 hex>.face<k>.json``,
+where the cleaned path keeps ``A–Z a–z 0–9 . _ -``, writes every other run of characters
+(``/`` included) as ``__`` and drops leading dots and underscores (no hidden files), and the
+16 hex digits are the start of the SHA-256 of the path's bytes below the folder. The
+cleaned part is only for reading: ``a b.jpg``, ``a+b.jpg`` and ``a__b.jpg`` all clean to
+``a__b.jpg``, and the hash tells them apart. The ``"image"`` field of each file holds the
+photo's path by :func:`ifn.io.path_text` (the rule is repeated in ``"image_path_encoding"``).
+"""
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -11,10 +21,16 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from ifn.io import write_json_atomic
+from ifn.io import PATH_ENCODING, path_text, write_json_atomic
 from ifn.params import ParamLayout
 
-__all__ = ["ThetaJSONWriter", "theta_to_dict"]
+__all__ = ["ThetaJSONWriter", "prediction_file_name", "theta_to_dict"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: Characters of the cleaned path kept in a name (its end): with the hash and the face suffix
+#: the name stays far below the usual 255-byte limit of a file name.
+_MAX_CLEANED = 120
+_HASH_DIGITS = 16
 
 
 def theta_to_dict(theta: Any, layout: ParamLayout) -> dict[str, Any]:
@@ -33,17 +49,44 @@ def theta_to_dict(theta: Any, layout: ParamLayout) -> dict[str, Any]:
     }
 
 
-def _file_name(source: str, root: str | None) -> str:
-    """A flat, visible file name for a photo: its path below ``root`` with ``/`` as ``__``."""
+def _relative(source: str, root: str | None) -> Path:
+    """``source`` below ``root`` when it lies there (as listed, else after resolving links), else as given."""
     path = Path(source)
-    if root is not None:
-        with contextlib.suppress(ValueError):
-            path = path.resolve().relative_to(Path(root).resolve())
-    return re.sub(r"[^A-Za-z0-9._-]+", "__", path.as_posix()).lstrip("._") or "image"
+    if root is None:
+        return path
+    for candidate, base in ((path, Path(root)), (path.resolve(), Path(root).resolve())):
+        try:
+            return candidate.relative_to(base)
+        except ValueError:
+            continue
+    return path
+
+
+def prediction_file_name(source: str, root: str | None, face_index: int) -> str:
+    """The file name of one face's prediction: readable, and distinct for every (photo, face).
+
+    Args:
+        source: the photo's path (a ``str`` as Python gives it: names that are not UTF-8
+            hold ``surrogateescape`` characters).
+        root: the folder the photos were listed from (``None``: use ``source`` as it is).
+        face_index: the face's number in its photo.
+
+    Returns:
+        ``<cleaned path>.<16 hex digits of the SHA-256 of the path's bytes>.face<k>.json``.
+
+    Example:
+        >>> names = {prediction_file_name(p, "photos", 0) for p in ("photos/a b.jpg", "photos/a+b.jpg")}
+        >>> sorted(name.split(".")[0] for name in names), len(names)
+        (['a__b', 'a__b'], 2)
+    """
+    relative = _relative(source, root).as_posix()
+    digest = hashlib.sha256(os.fsencode(relative)).hexdigest()[:_HASH_DIGITS]
+    cleaned = _UNSAFE.sub("__", relative)[-_MAX_CLEANED:].lstrip("._") or "image"
+    return f"{cleaned}.{digest}.face{int(face_index)}.json"
 
 
 class ThetaJSONWriter(BasePredictionWriter):
-    """Write each predicted face to ``<output_dir>/<photo path below predict_dir, / as __>.face<k>.json``.
+    """Write each predicted face to ``<output_dir>/<name>``, the name by :func:`prediction_file_name`.
 
     Args:
         output_dir: where to write (default ``<log_dir>/predictions``).
@@ -78,11 +121,13 @@ class ThetaJSONWriter(BasePredictionWriter):
             if "path" in prediction:
                 source = str(prediction["path"][i])
                 face = int(prediction["face_index"][i])
-                name = _file_name(source, root) + f".face{face}.json"
+                name = prediction_file_name(source, root, face)
+                image = path_text(source)
             else:
                 index = batch_indices[i] if batch_indices is not None else batch_idx * theta.shape[0] + i
-                source, face, name = None, 0, f"synthetic_{int(index):06d}.json"
-            payload = {"image": source, "face_index": face, "face_model": identity.name,
+                image, face, name = None, 0, f"synthetic_{int(index):06d}.json"
+            payload = {"image": image, "image_path_encoding": PATH_ENCODING, "face_index": face,
+                       "face_model": identity.name,
                        "face_model_sha256": identity.sha256,
                        **theta_to_dict(theta[i], pl_module.layout)}
             write_json_atomic(directory / name, payload)

@@ -1,5 +1,10 @@
 """Test results on disk: every final ``test/…`` metric in ``test_metrics.json``, and one row
-per real photo in ``test_real_per_image.csv``, in the run's log directory."""
+per real photo in ``test_real_per_image.csv``, in the run's log directory.
+
+The CSV's ``path`` column follows :func:`ifn.io.path_text`: UTF-8, with ``%`` and every byte
+of a file name that is not valid UTF-8 written ``%XX``, so a photo whose name is not UTF-8
+still gets its row (``urllib.parse.unquote_to_bytes(path)`` gives the name's bytes back).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from ifn.io import write_csv_atomic, write_json_atomic
+from ifn.io import path_text, write_csv_atomic, write_json_atomic
 
 __all__ = ["PER_IMAGE_COLUMNS", "TestMetricsWriter"]
 
@@ -54,7 +59,8 @@ class TestMetricsWriter(L.Callback):
         write_json_atomic(self.path, metrics)
         if rows:
             unique = {(r["path"], r["face_index"]): r for r in rows}
-            write_csv_atomic(log_dir / self.per_image_filename, [unique[k] for k in sorted(unique)], PER_IMAGE_COLUMNS)
+            ordered = [{**unique[k], "path": path_text(unique[k]["path"])} for k in sorted(unique)]
+            write_csv_atomic(log_dir / self.per_image_filename, ordered, PER_IMAGE_COLUMNS)
 
 
 def _gathered_rows(trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from ifn.data.landmarks import Detection, LandmarkDetector, make_detector
 from ifn.data.photos import ImageReadError, ProcessedImage, load_crop, preprocess_file, resolve_cache_dir
+from ifn.io import PATH_ENCODING, atomic_write, path_text, writable
 
 __all__ = ["IMAGE_EXTENSIONS", "RealFaceCorpus", "list_images", "split_files"]
 
@@ -306,23 +307,26 @@ class RealFaceCorpus(Dataset):
         ]
 
     def _name(self, path: Path) -> str:
+        """A file's name in reports: below the root, written by :func:`ifn.io.path_text`
+        (names that are not UTF-8 stay recoverable, and the report stays valid UTF-8)."""
         if self.root is not None:
             try:
-                return path.relative_to(self.root).as_posix()
+                return path_text(path.relative_to(self.root).as_posix())
             except ValueError:
                 pass
-        return str(path)
+        return path_text(str(path))
 
     def report(self) -> dict[str, Any]:
-        """The JSON-able report written by :meth:`write_report`."""
-        return {
-            "root": str(self.root) if self.root is not None else None,
+        """The JSON-able report written by :meth:`write_report` (paths by :func:`ifn.io.path_text`)."""
+        return writable({
+            "root": path_text(self.root) if self.root is not None else None,
+            "path_encoding": PATH_ENCODING,
             "detector": self.detector.settings(),
             "image_size": self.image_size,
             "margin": self.margin,
             "largest_only": self.largest_only,
             "min_face_size": self.min_face_size,
-            "cache_dir": str(self.cache_dir),
+            "cache_dir": path_text(self.cache_dir),
             "summary": self.summary(),
             "skipped_by_kind": dict(Counter(r.kind for r in self._records if not r.faces)),
             "skipped": self.skipped(),
@@ -336,15 +340,13 @@ class RealFaceCorpus(Dataset):
                 for r in self._records
                 if r.faces
             },
-        }
+        })
 
     def write_report(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`report` as JSON; returns the path."""
+        """Write :meth:`report` as JSON (UTF-8, atomically); returns the path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.report(), indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_write(path, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(self.report(), indent=2, default=str) + "\n")
         return path
 
     def __repr__(self) -> str:

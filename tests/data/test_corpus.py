@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import shutil
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +243,22 @@ def test_corpus_all_faces_too_small(sized_photos: Path, tmp_path: Path, stub_cls
     assert detector.calls == 2 and again.summary()["cache_hits"] == 2
     expected = [(name, k, size) for name in ("a.png", "c.png") for k, size in enumerate((120.0, 80.0, 40.0))]
     assert _kept_sizes(again) == expected
+
+
+def test_report_of_names_that_are_not_utf8_is_valid_utf8(tmp_path: Path, stub_cls: type) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    face = os.fsencode(root) + b"/caf\xe9.png"  # Latin-1: not valid UTF-8
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(os.fsdecode(face), format="PNG")
+    broken = os.fsencode(root) + b"/bad\xff.jpg"
+    Path(os.fsdecode(broken)).write_bytes(b"not an image")
+    corpus = RealFaceCorpus(root, detector=stub_cls(), cache_dir=tmp_path / "cache", min_face_size=0, progress=False)
+    assert len(corpus) == 1
+    text = corpus.write_report(tmp_path / "report.json").read_bytes().decode("utf-8")  # strict
+    assert "\\ud" not in text.lower()  # no lone surrogate escaped by json either
+    report = json.loads(text)
+    assert list(report["faces_per_image"]) == ["caf%E9.png"]
+    assert [s["path"] for s in report["skipped"]] == ["bad%FF.jpg"]
+    assert urllib.parse.unquote_to_bytes(report["root"] + "/" + report["skipped"][0]["path"]) == broken
+    assert "unquote_to_bytes" in report["path_encoding"]

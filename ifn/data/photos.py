@@ -44,11 +44,13 @@ from ifn.render.camera import apply_framing, framing_transform
 
 __all__ = [
     "CACHE_VERSION",
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "FaceCrop",
     "ImageReadError",
     "ProcessedImage",
     "cache_key",
+    "check_image_file",
     "crop_face",
     "default_cache_dir",
     "load_crop",
@@ -61,6 +63,9 @@ __all__ = [
 CACHE_VERSION = 1
 #: Images with more pixels are refused by :func:`read_image` (≈ 3 GB as float32 RGB).
 DEFAULT_MAX_PIXELS = 250_000_000
+#: Files larger than this are refused by :func:`read_image` before any byte is read: a photo
+#: is far smaller, and a multi-GB file named ``.jpg`` would otherwise be read into memory whole.
+DEFAULT_MAX_BYTES = 1 << 30
 _CACHE_ENV = "IFN_CACHE_DIR"
 #: What reading a damaged or foreign ``.npz`` can raise: such a cache file counts as absent.
 _NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError)
@@ -93,6 +98,52 @@ def _read_bytes(path: str | os.PathLike[str], label: str | os.PathLike[str] | No
         raise ImageReadError(
             label if label is not None else path, f"cannot read file ({exc.strerror or exc})"
         ) from None
+
+
+def check_image_file(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    label: str | os.PathLike[str] | None = None,
+) -> None:
+    """Refuse a file that is too large from its size and its header, before reading it whole.
+
+    The size comes from ``stat`` and the dimensions from Pillow's lazy ``Image.open``, which
+    reads the header only, so a multi-GB file or a small file whose header claims absurd
+    dimensions (a decompression bomb) costs no memory. A file Pillow cannot identify passes:
+    decoding it decides (and names the problem).
+
+    Args:
+        path: the image file.
+        max_pixels: refuse more pixels than this.
+        max_bytes: refuse a larger file.
+        label: the name in error messages (default the path).
+
+    Raises:
+        ImageReadError: the file cannot be stat'ed, is larger than ``max_bytes`` or its
+            header claims more than ``max_pixels`` pixels.
+    """
+    from PIL import Image
+
+    label = label if label is not None else path
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise ImageReadError(label, f"cannot read file ({exc.strerror or exc})") from None
+    if size > max_bytes:
+        raise ImageReadError(label, f"file too large ({size} bytes > {max_bytes} bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except Image.DecompressionBombError as exc:
+            raise ImageReadError(label, f"too large ({exc})") from None
+        except Exception:  # noqa: BLE001 - not identifiable from its header: decoding decides
+            return
+    if width * height > max_pixels:
+        raise ImageReadError(label, f"too large ({width}x{height} > {max_pixels} pixels)")
 
 
 def _to_rgb_uint8(array: np.ndarray) -> np.ndarray:
@@ -152,7 +203,11 @@ def _decode_cv2(data: bytes, max_pixels: int) -> np.ndarray | None:
 
 
 def read_image(
-    source: str | os.PathLike[str] | bytes, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    source: str | os.PathLike[str] | bytes,
+    *,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> np.ndarray:
     """Decode an image by its content (the extension is ignored).
 
@@ -163,7 +218,9 @@ def read_image(
     Args:
         source: a path or the file's bytes.
         name: the name used in error messages when ``source`` is bytes.
-        max_pixels: refuse larger images (decompression bombs).
+        max_pixels: refuse larger images (decompression bombs); a file's header is checked
+            before the file is read (:func:`check_image_file`).
+        max_bytes: refuse larger files, before reading them.
 
     Returns:
         ``(H, W, 3)`` uint8 RGB.
@@ -175,7 +232,13 @@ def read_image(
     from PIL import Image, UnidentifiedImageError
 
     label = name or ("<bytes>" if isinstance(source, (bytes, bytearray)) else str(source))
-    data = bytes(source) if isinstance(source, (bytes, bytearray)) else _read_bytes(source, label)
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) > max_bytes:
+            raise ImageReadError(label, f"file too large ({len(source)} bytes > {max_bytes} bytes)")
+        data = bytes(source)
+    else:
+        check_image_file(source, max_pixels=max_pixels, max_bytes=max_bytes, label=label)
+        data = _read_bytes(source, label)
     if not data:
         raise ImageReadError(label, "empty file")
     try:
@@ -438,9 +501,12 @@ def preprocess_file(
         The :class:`ProcessedImage`.
 
     Raises:
-        ImageReadError: unreadable file (never cached, so a fixed file is picked up).
+        ImageReadError: unreadable or too large file (never cached, so a fixed file is
+            picked up); the size is checked before the file is read.
     """
     path = Path(path)
+    # Before the content is read for the cache key: a huge file must not be read at all.
+    check_image_file(path)
     content = _read_bytes(path)
     settings = {
         "cache_version": CACHE_VERSION,

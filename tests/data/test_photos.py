@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import struct
+import tracemalloc
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +17,8 @@ from PIL import Image
 
 from ifn.data.photos import (
     CACHE_VERSION,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
     ImageReadError,
     cache_key,
     crop_face,
@@ -96,6 +102,86 @@ def test_missing_and_too_large(tmp_path: Path, rgb: np.ndarray) -> None:
         read_image(tmp_path / "nope.png")
     with pytest.raises(ImageReadError, match="too large"):
         read_image(_png_bytes(rgb), max_pixels=1000)
+
+
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A tiny, well-formed PNG whose header says ``width × height`` (8-bit RGB) and whose one
+    IDAT chunk holds a single compressed row: a decompression bomb's header, no pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4)) + chunk(b"IEND", b"")
+
+
+def test_huge_dimensions_are_refused_from_the_header_alone(tmp_path: Path) -> None:
+    # 60 000 × 60 000 = 3.6e9 pixels, ten times the limit, in a file of 60 bytes.
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header_claiming(60_000, 60_000))
+    assert bomb.stat().st_size < 100
+    with pytest.raises(ImageReadError, match="too large") as info:
+        read_image(bomb)
+    assert info.value.path == str(bomb)
+    # Just above the limit given (not Pillow's own bomb limit): the header's numbers decide.
+    small = tmp_path / "small.png"
+    small.write_bytes(_png_header_claiming(1001, 1000))
+    with pytest.raises(ImageReadError, match=r"1001x1000 > 1000000 pixels"):
+        read_image(small, max_pixels=1_000_000)
+    assert DEFAULT_MAX_PIXELS < 60_000 * 60_000
+
+
+def test_dimensions_are_checked_before_the_file_is_read(tmp_path: Path) -> None:
+    # The header claims too many pixels, and the file goes on (sparse, so nothing is written)
+    # to 200 MB: reading it whole first would allocate those 200 MB.
+    path = tmp_path / "bomb_with_tail.png"
+    path.write_bytes(_png_header_claiming(60_000, 60_000))
+    os.truncate(path, 200 * 2**20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageReadError, match="too large"):
+            read_image(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, peak
+
+
+def test_a_file_above_the_byte_limit_is_refused_unread(tmp_path: Path, rgb: np.ndarray) -> None:
+    # A sparse file one byte over the default limit: it takes no disk space and, if it were
+    # read, a gigabyte of memory.
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(_jpeg_bytes(rgb))
+    os.truncate(huge, DEFAULT_MAX_BYTES + 1)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageReadError, match=rf"file too large \({DEFAULT_MAX_BYTES + 1} bytes > {DEFAULT_MAX_BYTES} bytes\)"):
+            read_image(huge)
+        with pytest.raises(ImageReadError, match="file too large"):
+            preprocess_file(huge, _NeverCalled(), cache_dir=tmp_path / "cache")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, peak
+    assert not (tmp_path / "cache").exists()
+    # The limit is a parameter: the same photo passes under a larger one, fails under a smaller one.
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(_png_bytes(rgb))
+    np.testing.assert_array_equal(read_image(photo, max_bytes=photo.stat().st_size), rgb)
+    with pytest.raises(ImageReadError, match="file too large"):
+        read_image(photo, max_bytes=photo.stat().st_size - 1)
+    with pytest.raises(ImageReadError, match="file too large"):
+        read_image(_png_bytes(rgb), max_bytes=10)
+
+
+class _NeverCalled:
+    """A detector that fails the test if anything reaches it."""
+
+    def settings(self) -> dict:
+        raise AssertionError("the file was processed")
+
+    def cache_extra(self, path: Path) -> bytes:
+        raise AssertionError("the file was processed")
 
 
 # ----------------------------------------------------------------------------- cropping

@@ -38,6 +38,8 @@ import functools
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ifn.errors import one_line
 from ifn.facemodel.regions import NUM_LANDMARKS
 from ifn.io import atomic_write
 
@@ -385,7 +388,9 @@ class FaceModel(nn.Module):
 
         Raises:
             FileNotFoundError: if the file does not exist.
-            ValueError: naming the file, if it is not a valid face model file.
+            ValueError: one line naming the file, if it is damaged (truncated, a flipped
+                bit), not a face model, or its arrays are invalid (shapes, NaN or inf, bases
+                that are not orthonormal).
         """
         path = Path(path)
         if not path.is_file():
@@ -393,11 +398,17 @@ class FaceModel(nn.Module):
         try:
             with np.load(path, allow_pickle=False) as data:
                 contents = {key: data[key] for key in data.files}
-        except (ValueError, OSError, EOFError) as err:
-            raise ValueError(f"{path}: not a readable .npz face model ({err})") from err
+        # A truncated file is a BadZipFile or EOFError; a flipped bit fails the zip member's
+        # CRC-32 (BadZipFile) or garbles an array header (ValueError): one line naming the file.
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
+            problem = f"damaged, truncated or not plain arrays ({one_line(err)})"
+            raise ValueError(f"{path}: not a readable .npz face model: {problem}") from err
         if str(contents.get("format", "")) != FORMAT_NAME:
             raise ValueError(f"{path}: not an ifn face model (missing format tag {FORMAT_NAME!r})")
-        version = int(contents["version"])
+        try:
+            version = int(contents.get("version", -1))
+        except (TypeError, ValueError):
+            version = -1
         if version != FORMAT_VERSION:
             raise ValueError(f"{path}: face model format version {version}, this ifn reads {FORMAT_VERSION}")
         missing = [key for key in _ARRAY_KEYS if key not in contents]
@@ -406,8 +417,8 @@ class FaceModel(nn.Module):
         try:
             metadata = FaceModelMetadata.from_json(str(contents["metadata"]))
             return cls(**{key: torch.from_numpy(contents[key]) for key in _ARRAY_KEYS}, metadata=metadata)
-        except (ValueError, TypeError, KeyError) as err:
-            raise ValueError(f"{path}: invalid face model: {err}") from err
+        except (ValueError, TypeError, KeyError, RuntimeError) as err:
+            raise ValueError(f"{path}: invalid face model: {one_line(err)}") from err
 
 
 def load_face_model(spec: str | os.PathLike[str]) -> FaceModel:
@@ -458,6 +469,13 @@ def _check_coefficients(group: str, coeffs: Tensor, expected: int) -> None:
 
 
 def _validate(arrays: dict[str, Tensor], *, check_orthonormal: bool) -> None:
+    # Non-finite values first, by array: a NaN in the mean face would otherwise pass every
+    # other check and only show up as NaN metrics at the end of a run.
+    for key, value in arrays.items():
+        if value.is_floating_point():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise ValueError(f"{key} contains {bad} non-finite value(s) (NaN or inf)")
     mean = arrays["mean_shape"]
     if mean.ndim != 2 or mean.shape[1] != 3:
         raise ValueError(f"mean_shape must be (V, 3), got {tuple(mean.shape)}")
@@ -470,8 +488,8 @@ def _validate(arrays: dict[str, Tensor], *, check_orthonormal: bool) -> None:
             raise ValueError(f"{group}_basis must be (K, {n_vertices}, 3), got {tuple(basis.shape)}")
         if std.shape != (basis.shape[0],):
             raise ValueError(f"{group}_std must be ({basis.shape[0]},), got {tuple(std.shape)}")
-        if not torch.isfinite(basis).all() or not torch.isfinite(std).all() or (std < 0).any():
-            raise ValueError(f"{group} basis/std must be finite with std >= 0")
+        if (std < 0).any():
+            raise ValueError(f"{group}_std must be >= 0, got a minimum of {std.min().item():g}")
         if check_orthonormal and basis.shape[0] > 0:
             flat = basis.flatten(1).double()
             gram = flat @ flat.T

@@ -120,3 +120,39 @@ def test_saved_file_gets_normal_permissions(toy_face_model, tmp_path):
     os.umask(umask)
     path = toy_face_model.save(tmp_path / "toy.npz")
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("key", ["mean_shape", "reflectance_mean", "shape_basis", "expression_std"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_arrays_are_refused_at_load_naming_file_and_array(toy_face_model, tmp_path, key, bad):
+    path = toy_face_model.save(tmp_path / "toy.npz")
+    with np.load(path) as data:
+        payload = {k: data[k] for k in data.files}
+    payload[key] = payload[key].copy()
+    payload[key].reshape(-1)[[0, 2]] = bad  # two values
+    np.savez(path, **payload)
+    with pytest.raises(ValueError) as info:
+        FaceModel.load(path)
+    message = str(info.value)
+    assert message == f"{path}: invalid face model: {key} contains 2 non-finite value(s) (NaN or inf)"
+    arrays = toy_face_model.arrays()
+    arrays[key].reshape(-1)[0] = bad
+    with pytest.raises(ValueError, match=f"^{key} contains 1 non-finite"):
+        FaceModel(**arrays, metadata=toy_face_model.metadata)
+
+
+def test_truncated_and_bit_flipped_files_are_one_line_errors_naming_the_file(toy_face_model, tmp_path):
+    data = toy_face_model.save(tmp_path / "toy.npz").read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(data[: len(data) // 2])
+    flipped = tmp_path / "flipped.npz"
+    middle = bytearray(data)
+    middle[len(data) // 2] ^= 0x01  # inside an array: the zip member's CRC-32 no longer matches
+    flipped.write_bytes(bytes(middle))
+    for path in (truncated, flipped):
+        with pytest.raises(ValueError) as info:
+            FaceModel.load(path)
+        message = str(info.value)
+        assert message.startswith(f"{path}: not a readable .npz face model") and "\n" not in message
+    with pytest.raises(ValueError, match="Bad CRC-32"):
+        FaceModel.load(flipped)

@@ -67,7 +67,12 @@ def points_in_polygon(points: Tensor, polygon: Tensor) -> Tensor:
 
 
 def polygon_mask(polygon: Tensor, image_size: tuple[int, int]) -> Tensor:
-    """Rasterize polygons by testing pixel centres.
+    """Rasterize polygons: the pixels whose centres :func:`points_in_polygon` puts inside.
+
+    Scanline form of the same even-odd test, with identical answers: per pixel row, the
+    crossings of the polygon's edges are computed once (the same arithmetic as
+    :func:`points_in_polygon`) and sorted, and a pixel is inside when an odd number of them
+    lie strictly to its right. That costs ``O(B·H·W·log P)`` instead of ``O(B·H·W·P)``.
 
     Args:
         polygon: ``(B, P, 2)`` in pixel coordinates.
@@ -76,12 +81,27 @@ def polygon_mask(polygon: Tensor, image_size: tuple[int, int]) -> Tensor:
     Returns:
         ``(B, H, W)`` bool.
     """
+    if polygon.ndim != 3 or polygon.shape[-1] != 2 or polygon.shape[1] < 3:
+        raise ValueError(f"polygon must be (B, P>=3, 2), got {tuple(polygon.shape)}")
     height, width = image_size
+    batch = polygon.shape[0]
     ys = torch.arange(height, dtype=polygon.dtype, device=polygon.device) + 0.5
     xs = torch.arange(width, dtype=polygon.dtype, device=polygon.device) + 0.5
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(1, -1, 2)
-    grid = grid.expand(polygon.shape[0], -1, -1)
-    return points_in_polygon(grid, polygon).reshape(polygon.shape[0], height, width)
+    a = polygon.unsqueeze(1)  # (B, 1, P, 2)
+    b = torch.roll(polygon, shifts=-1, dims=1).unsqueeze(1)
+    py = ys.view(1, height, 1)
+    ay, by = a[..., 1], b[..., 1]
+    straddles = (ay > py) != (by > py)  # (B, H, P)
+    dy = torch.where(straddles, by - ay, torch.ones_like(by - ay))
+    x_cross = a[..., 0] + (py - ay) * (b[..., 0] - a[..., 0]) / dy
+    x_cross = torch.where(straddles, x_cross, torch.full_like(x_cross, -torch.inf))
+    x_cross, _ = x_cross.sort(dim=-1)
+    # Crossings strictly right of x = all straddling crossings minus those <= x.
+    at_or_left = torch.searchsorted(x_cross.reshape(batch * height, -1).contiguous(),
+                                    xs.expand(batch * height, width).contiguous(), right=True)
+    not_straddling = (~straddles).sum(dim=-1).reshape(batch * height, 1)  # the -inf entries, all <= x
+    right = straddles.sum(dim=-1).reshape(batch * height, 1) - (at_or_left - not_straddling)
+    return (right % 2 == 1).reshape(batch, height, width)
 
 
 def face_region_mask(landmarks: Tensor, image_size: tuple[int, int]) -> Tensor:

@@ -46,3 +46,22 @@ def test_face_region_mask_removes_the_mouth():
 def test_face_region_mask_rejects_bad_shape():
     with pytest.raises(ValueError, match=r"\(B, 68, 2\)"):
         face_region_mask(torch.zeros(1, 5, 2), (10, 10))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_polygon_mask_equals_the_point_test_at_every_pixel_centre(dtype):
+    """The scanline rasterization answers exactly as points_in_polygon on pixel centres,
+    also for vertices and edges that pass through pixel centres (ties)."""
+    gen = torch.Generator().manual_seed(0)
+    height, width = 37, 53
+    ys = torch.arange(height, dtype=dtype) + 0.5
+    xs = torch.arange(width, dtype=dtype) + 0.5
+    centres = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(1, -1, 2)
+    for trial in range(24):
+        n = int(torch.randint(3, 30, (1,), generator=gen))
+        polygon = (torch.rand(3, n, 2, generator=gen, dtype=torch.float64) * torch.tensor([width, height]) * 1.2 - 5)
+        if trial % 2:
+            polygon = polygon.round() + 0.5  # on pixel centres
+        polygon = polygon.to(dtype)
+        expected = points_in_polygon(centres.expand(3, -1, -1), polygon).reshape(3, height, width)
+        assert torch.equal(polygon_mask(polygon, (height, width)), expected), trial

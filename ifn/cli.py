@@ -3,6 +3,18 @@
 ``ifn facemodel convert ict <zip-or-folder> -o <file>.npz`` imports ICT-FaceKit;
 ``ifn facemodel info <file-or-name>`` prints a face model's summary as JSON.
 Everything else is handed to LightningCLI (see :mod:`ifn.lightning_cli`).
+
+Errors that are the user's to fix — a wrong option or config key (with the closest valid
+one), a value refused when the classes are built (negative batch size, unknown backbone,
+missing face-model file), a damaged or invalid face model, a missing, unreadable or corrupt
+checkpoint, or one trained with another face model or other model settings — are printed
+as one line on stderr, ``ifn: error: <file or option>: <problem>``, with exit status 2 and
+no traceback.
+
+Debug switch: with the environment variable ``IFN_DEBUG=1`` those errors are re-raised
+instead, with their full traceback (and parser errors with jsonargparse's whole message)::
+
+    IFN_DEBUG=1 ifn test --config configs/paper.yaml --ckpt_path broken.ckpt
 """
 
 from __future__ import annotations
@@ -10,8 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ifn.errors import UsageError, debug_enabled, one_line
 
 if TYPE_CHECKING:
     from ifn.facemodel.model import FaceModel
@@ -37,12 +53,15 @@ def _facemodel_main(argv: Sequence[str]) -> int:
     if args.command == "convert":
         from ifn.facemodel.ict import convert_ict
 
+        # Checked before converting (which takes a while): the result could not be saved.
+        if Path(args.output).suffix != ".npz":
+            raise UsageError(f"{args.output}: face model files end in .npz (-o {Path(args.output).stem}.npz)")
         try:
             model = convert_ict(
                 args.source, progress=not args.no_progress, expression_variance=args.expression_variance
             )
-        except (FileNotFoundError, ValueError) as err:
-            parser.exit(2, f"ifn facemodel convert: error: {err}\n")
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise UsageError(f"facemodel convert: {one_line(err)}") from err
         path = model.save(args.output)
         print(json.dumps({"written": str(path), **_summary(model)}))
         return 0
@@ -51,8 +70,8 @@ def _facemodel_main(argv: Sequence[str]) -> int:
 
     try:
         model = load_face_model(args.model)
-    except (FileNotFoundError, ValueError) as err:
-        parser.exit(2, f"ifn facemodel info: error: {err}\n")
+    except (OSError, ValueError) as err:
+        raise UsageError(one_line(err)) from err
     print(json.dumps(_summary(model), indent=2))
     return 0
 
@@ -83,18 +102,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ifn`` console script.
 
     Errors that are the user's to fix (:class:`~ifn.errors.UsageError`) are printed as one
-    line on stderr, with exit status 2, instead of a traceback.
+    line on stderr, ``ifn: error: …``, with exit status 2, instead of a traceback; with
+    ``IFN_DEBUG=1`` they are re-raised.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "facemodel":
-        return _facemodel_main(args[1:])
-    from ifn.errors import UsageError
-    from ifn.lightning_cli import run_lightning_cli
-
     try:
+        if args and args[0] == "facemodel":
+            return _facemodel_main(args[1:])
+        from ifn.lightning_cli import run_lightning_cli
+
         run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
     except UsageError as err:
-        print(f"ifn: error: {err}", file=sys.stderr)
+        if debug_enabled():
+            raise
+        print(f"ifn: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
 

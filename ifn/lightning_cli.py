@@ -3,13 +3,29 @@
 The face model and render settings are one node, ``data.render``. The DataModule builds
 the renderer from it, and the LightningModule is handed that same renderer when both are
 instantiated, so the two can never disagree.
+
+Mistakes become one-line :class:`~ifn.errors.UsageError` errors (``ifn`` prints them as
+``ifn: error: …``, exit status 2): a wrong option or config key (with the closest valid
+key), a value the classes refuse when they are built (a negative batch size, an unknown
+backbone, a missing face-model file), and a ``--ckpt_path`` that is missing, unreadable,
+corrupt or trained with other model settings. Option names must be written in full (no
+abbreviations: ``--trainer.max_step`` is an error, not ``--trainer.max_steps``).
+
+``--ckpt_path`` with model settings: Lightning's CLI would load the checkpoint's saved
+hyperparameters over the run's (``--model.backbone resnet34`` with a resnet18 checkpoint ran
+a resnet18, and its saved config said so). Here the run's settings are kept and must match
+the checkpoint's (:func:`~ifn.models.checkpoint.check_hyperparameters`).
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -18,13 +34,77 @@ from ifn.breeding.callback import BreedingCallback
 from ifn.callbacks.predictions import ThetaJSONWriter
 from ifn.callbacks.test_metrics import TestMetricsWriter
 from ifn.data.datamodule import SyntheticFaceDataModule
+from ifn.errors import UsageError, debug_enabled, one_line
+from ifn.models.checkpoint import check_hyperparameters, read_checkpoint
 from ifn.models.inverse_face_net import InverseFaceNet
 
-__all__ = ["IFNLightningCLI", "run_lightning_cli"]
+__all__ = ["ConfigError", "IFNArgumentParser", "IFNLightningCLI", "run_lightning_cli"]
+
+#: ``--ckpt_path`` values that Lightning resolves itself (not file names).
+_SPECIAL_CKPT_PATHS = ("best", "last", "hpc")
+#: Longer parser messages (a failed Union match lists every subtype) are cut here.
+_MAX_MESSAGE = 300
+
+
+class ConfigError(UsageError):
+    """A command line or config file that the parser refuses (unknown key, wrong type...)."""
+
+
+def _options(parser: LightningArgumentParser) -> list[str]:
+    """Every ``--option`` of ``parser`` and of the subcommand named in its arguments."""
+    parsers = [parser]
+    subcommands = getattr(parser, "_subcommands_action", None)
+    if subcommands is not None:
+        chosen = [a for a in getattr(parser, "args", None) or [] if a in subcommands._name_parser_map]
+        names = chosen[:1] or list(subcommands._name_parser_map)
+        parsers += [subcommands._name_parser_map[name] for name in names]
+    return sorted({o for p in parsers for a in p._actions for o in a.option_strings if o.startswith("--")})
+
+
+def _suggestion(key: str, options: Sequence[str]) -> str:
+    """`` (did you mean '--x'?)`` for the option closest to ``key``, or nothing."""
+    option = "--" + key.lstrip("-").split("=", 1)[0]
+    close = difflib.get_close_matches(option, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close and close[0] != option else ""
+
+
+def _short_message(message: str, parser: LightningArgumentParser) -> str:
+    """jsonargparse's message in one line, with the closest valid key for an unknown one."""
+    options = _options(parser)
+    unrecognized = re.match(r"unrecognized arguments: (.*)", message, flags=re.DOTALL)
+    if unrecognized:
+        # Only the option names: the values after them are not what is wrong.
+        keys = [a.split("=", 1)[0] for a in unrecognized.group(1).split() if a.startswith("-")]
+        if keys:
+            named = ", ".join(f"{key}{_suggestion(key, options)}" for key in keys)
+            return f"unknown option{'s' if len(keys) > 1 else ''} {named}; --help lists them"
+    unexpected = re.search(r"does not accept option '([^']+)'", message)  # a key in a config file
+    if unexpected:
+        return f"{one_line(message)}{_suggestion(unexpected.group(1), options)}; see --help"
+    text = one_line(message)
+    if len(text) > _MAX_MESSAGE:
+        text = text[:_MAX_MESSAGE] + "… (set IFN_DEBUG=1 for the whole message)"
+    return text
+
+
+class IFNArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, whose errors are one :class:`ConfigError` line instead of the
+    usage dump (about a hundred lines) that jsonargparse prints before the message."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        # jsonargparse parses nested types with internal parsers that must raise (not exit):
+        # those keep its own behaviour.
+        if not self.exit_on_error:
+            super().error(message, ex)
+        if debug_enabled():
+            raise ConfigError(message) from ex
+        parser = getattr(ex, "subcommand_parser", None) or self
+        raise ConfigError(_short_message(message, parser)) from ex
 
 
 class IFNLightningCLI(LightningCLI):
-    """LightningCLI with the data → model renderer hand-over and the ifn callbacks."""
+    """LightningCLI with the data → model renderer hand-over, the ifn callbacks, and
+    one-line errors for misuse (see the module docstring)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.renderer", "model.renderer", apply_on="instantiate")
@@ -46,6 +126,34 @@ class IFNLightningCLI(LightningCLI):
             trainer.loggers = [tensorboard, csv]
         return trainer
 
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before anything is built, instead of Lightning's hyperparameter
+        override: the file must exist, be a readable checkpoint with intact weights, and have
+        been trained with this run's model settings."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or str(ckpt_path) in _SPECIAL_CKPT_PATHS or "://" in str(ckpt_path):
+            return  # Lightning resolves these names (and remote files) itself
+        if str(ckpt_path).startswith("registry"):
+            return
+        checkpoint = read_checkpoint(Path(ckpt_path))
+        model = self.config[subcommand].get("model")
+        wanted = {key: model[key] for key in vars(model)} if model is not None else {}
+        check_hyperparameters(checkpoint, wanted, str(ckpt_path))
+
+    def instantiate_classes(self) -> None:
+        # Constructors refuse impossible settings with ValueError (a negative batch size, an
+        # unknown backbone) or OSError (a missing face-model file), Lightning with
+        # MisconfigurationException: at this point, before any work, they are the user's to fix.
+        try:
+            super().instantiate_classes()
+        except UsageError:
+            raise
+        except (ValueError, OSError, MisconfigurationException) as err:
+            raise UsageError(one_line(err)) from err
+
     def after_test(self) -> None:
         writer = next((cb for cb in self.trainer.callbacks if isinstance(cb, TestMetricsWriter)), None)
         if writer is not None and writer.path is not None and self.trainer.is_global_zero:
@@ -58,7 +166,9 @@ def run_lightning_cli(args: Sequence[str] | None = None) -> IFNLightningCLI:
         InverseFaceNet,
         SyntheticFaceDataModule,
         args=None if args is None else list(args),
-        parser_kwargs={"parser_mode": "omegaconf+"},
+        # allow_abbrev=False: a typo such as --trainer.max_step must not pass as a prefix.
+        parser_kwargs={"parser_mode": "omegaconf+", "allow_abbrev": False},
+        parser_class=IFNArgumentParser,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )

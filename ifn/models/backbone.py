@@ -7,13 +7,39 @@ so an untrained network predicts θ ≈ 0, the mean face.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
 import timm
 from torch import nn
 
-__all__ = ["create_backbone"]
+from ifn.errors import UsageError
+
+__all__ = ["BackboneError", "PretrainedWeightsError", "create_backbone"]
+
+
+class BackboneError(UsageError, ValueError):
+    """A backbone name that timm does not know (the message names the closest ones)."""
+
+
+class PretrainedWeightsError(UsageError, RuntimeError):
+    """Pretrained weights that cannot be obtained (the message says what to do instead)."""
+
+
+def _unknown_backbone(name: str) -> BackboneError:
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return BackboneError(f"model.backbone: unknown timm model {name!r}{hint} (timm.list_models() lists them)")
+
+
+def _pretrained_error(name: str, err: Exception) -> PretrainedWeightsError:
+    return PretrainedWeightsError(
+        f"could not load pretrained weights for timm model {name!r} ({type(err).__name__}: {err}). "
+        "Without network access, download them elsewhere and pass "
+        "--model.backbone_checkpoint /path/to/model.safetensors, or put them in the Hugging Face cache "
+        "and set HF_HUB_OFFLINE=1; or train from scratch with --model.pretrained false."
+    )
 
 
 def create_backbone(
@@ -31,7 +57,8 @@ def create_backbone(
 
     Raises:
         FileNotFoundError: if ``checkpoint_path`` does not exist.
-        RuntimeError: if pretrained weights cannot be obtained, with what to do instead.
+        BackboneError: if ``name`` is not a timm model (naming the closest ones).
+        PretrainedWeightsError: if pretrained weights cannot be obtained, with what to do instead.
     """
     kwargs: dict[str, Any] = {"num_classes": num_outputs}
     if checkpoint_path is not None:
@@ -44,17 +71,12 @@ def create_backbone(
         net = timm.create_model(name, pretrained=pretrained, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
-            raise ValueError(f"unknown timm backbone {name!r}: {err}") from err
+            raise _unknown_backbone(name) from err
         raise
     except Exception as err:
         if not pretrained:
             raise
-        raise RuntimeError(
-            f"could not load pretrained weights for timm model {name!r} ({type(err).__name__}: {err}). "
-            "Without network access, download them elsewhere and pass "
-            "--model.backbone_checkpoint /path/to/model.safetensors, or put them in the Hugging Face cache "
-            "and set HF_HUB_OFFLINE=1; or train from scratch with --model.pretrained false."
-        ) from err
+        raise _pretrained_error(name, err) from err
     head = net.get_classifier()
     if not isinstance(head, nn.Linear):
         raise ValueError(f"timm model {name!r} has a {type(head).__name__} head; ifn needs a Linear classifier")

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ifn.facemodel.model import FaceModel
 from ifn.params import FaceParams, ParamLayout
+from ifn.facemodel.regions import face_region_mask
 from ifn.render.camera import apply_framing, euler_to_rotation, framing_transform, perspective_project
 from ifn.render.rasterizer import BACKENDS, Fragments, Rasterizer, create_rasterizer, interpolate
 from ifn.render.shading import sh_basis, shade
@@ -33,8 +34,11 @@ class _Topology:
     """What depends only on the mesh, computed once per device (the triangles never change).
 
     Attributes:
-        drawn: ``(V_d,)`` vertices used by the drawn face triangles (shaded and rasterized).
-        face_triangles: ``(F, 3)`` the face triangles re-indexed into ``drawn``.
+        drawn: ``(V_d,)`` vertices used by the drawn triangles (shaded and rasterized).
+        face_triangles: ``(F_d, 3)`` the drawn triangles re-indexed into ``drawn``: the face
+            model's face triangles first (same order), then, when the render is clipped to
+            the landmark region, the ring of triangles around them (so that the clip, not
+            the painted region's edge, decides the outline).
         normal_triangles: ``(F_n, 3)`` every triangle touching a drawn vertex (so normals on
             the border of the face region also see the triangles just outside it).
         incidence: ``(V_d, F_n)`` sparse 0/1 matrix: drawn vertex × adjacent triangle.
@@ -46,9 +50,14 @@ class _Topology:
     incidence: Tensor
 
     @classmethod
-    def build(cls, face_model: FaceModel, device: torch.device) -> _Topology:
+    def build(cls, face_model: FaceModel, device: torch.device, ring: bool = False) -> _Topology:
         triangles = face_model.triangles.to(device)
         face_triangles = face_model.face_triangles.to(device)
+        if ring:
+            in_face = torch.zeros(face_model.n_vertices, dtype=torch.bool, device=device)
+            in_face[face_triangles.reshape(-1)] = True
+            touching = in_face[triangles].any(dim=1) & ~face_model.face_mask.to(device)[triangles].all(dim=1)
+            face_triangles = torch.cat([face_triangles, triangles[touching]])
         drawn = torch.unique(face_triangles)
         local = torch.full((face_model.n_vertices,), -1, dtype=torch.int64, device=device)
         local[drawn] = torch.arange(drawn.numel(), device=device)
@@ -84,11 +93,13 @@ class RenderOutput:
 
     Attributes:
         image: ``(B, 3, H, W)`` RGB in [0, 1], black outside the face region.
-        mask: ``(B, 1, H, W)`` 1 where the face region is drawn.
+        mask: ``(B, 1, H, W)`` 1 where the face region is drawn (with ``clip_to_landmarks``:
+            the rasterized faces within their landmark region).
         landmarks: ``(B, 68, 2)`` projected landmark vertices in output pixels.
         vertices: ``(B, V, 3)`` posed vertices (rotated about the face centre), millimetres.
         screen_vertices: ``(B, V, 3)`` ``(x_px, y_px, depth_mm)`` as rasterized.
-        fragments: per-pixel triangle ids (into ``face_model.face_triangles``, same order) and
+        fragments: the rasterizer's coverage (before any clip), per-pixel triangle ids (into
+            ``face_model.face_triangles``, same order, then the ring around them) and
             barycentrics.
     """
 
@@ -111,6 +122,7 @@ class _Surface:
     normals: Tensor  # (B, N, 3) of the drawn vertices
     triangles: Tensor  # (F, 3) drawn triangles, indexing the drawn vertices
     fragments: Fragments
+    mask: Tensor  # (B, 1, H, W) the face region: coverage, clipped to the landmark region if asked
 
 
 class FaceRenderer(nn.Module):
@@ -124,6 +136,11 @@ class FaceRenderer(nn.Module):
         margin: pixels left free on each side when fitting the landmark bounding box.
         backend: ``"auto"`` (nvdiffrast on CUDA when available, else torch), ``"torch"`` or
             ``"nvdiffrast"``.
+        clip_to_landmarks: draw the face region by the same rule as a real photo's mask —
+            the polygon of the projected landmarks (jaw and brows, minus the inner lips,
+            :func:`~ifn.facemodel.regions.face_region_mask`) — with the painted region, one
+            ring of triangles wider, only as an outer bound. Off: the painted region alone
+            (as before this option existed).
 
     Example:
         >>> from ifn.facemodel import procedural_face_model
@@ -141,6 +158,7 @@ class FaceRenderer(nn.Module):
         camera_distance: float = 600.0,
         margin: float = 0.0,
         backend: str = "auto",
+        clip_to_landmarks: bool = True,
     ) -> None:
         super().__init__()
         if backend not in BACKENDS:
@@ -156,6 +174,7 @@ class FaceRenderer(nn.Module):
         self.camera_distance = float(camera_distance)
         self.margin = float(margin)
         self.backend = backend
+        self.clip_to_landmarks = bool(clip_to_landmarks)
         self._rasterizers: dict[torch.device, Rasterizer] = {}
         self._topologies: dict[torch.device, _Topology] = {}
         self._settings: RenderSettings | None = None
@@ -171,6 +190,7 @@ class FaceRenderer(nn.Module):
             camera_distance=settings.camera_distance,
             margin=settings.margin,
             backend=settings.backend,
+            clip_to_landmarks=settings.clip_to_landmarks,
         )
         renderer._settings = settings
         return renderer
@@ -186,14 +206,14 @@ class FaceRenderer(nn.Module):
             self._settings = RenderSettings(
                 face_model=fm.name, n_shape=fm.n_shape, n_expression=fm.n_expression, n_reflectance=fm.n_reflectance,
                 image_size=self.image_size, camera_distance=self.camera_distance, margin=self.margin,
-                backend=self.backend,
+                backend=self.backend, clip_to_landmarks=self.clip_to_landmarks,
             )
         return self._settings
 
     def extra_repr(self) -> str:
         return (
             f"image_size={self.image_size}, camera_distance={self.camera_distance}, margin={self.margin}, "
-            f"backend={self.backend!r}"
+            f"backend={self.backend!r}, clip_to_landmarks={self.clip_to_landmarks}"
         )
 
     @property
@@ -210,7 +230,7 @@ class FaceRenderer(nn.Module):
     def topology(self, device: torch.device | None = None) -> _Topology:
         device = torch.device(device) if device is not None else self.device
         if device not in self._topologies:
-            self._topologies[device] = _Topology.build(self.face_model, device)
+            self._topologies[device] = _Topology.build(self.face_model, device, ring=self.clip_to_landmarks)
         return self._topologies[device]
 
     def forward(self, theta: Tensor | FaceParams) -> RenderOutput:
@@ -226,10 +246,10 @@ class FaceRenderer(nn.Module):
         params = self.layout.split(theta) if isinstance(theta, Tensor) else theta
         surface = self._surface(params)
         colours = shade(surface.albedo, surface.normals, params.illumination)
-        image = interpolate(colours, surface.fragments, surface.triangles).clamp(0.0, 1.0)
+        image = interpolate(colours, surface.fragments, surface.triangles).clamp(0.0, 1.0) * surface.mask
         return RenderOutput(
             image=image,
-            mask=surface.fragments.mask,
+            mask=surface.mask,
             landmarks=surface.landmarks,
             vertices=surface.vertices,
             screen_vertices=surface.screen,
@@ -250,8 +270,8 @@ class FaceRenderer(nn.Module):
         surface = self._surface(params)
         basis = sh_basis(surface.normals)  # (B, N, 9)
         values = (surface.albedo.unsqueeze(-1) * basis.unsqueeze(-2)).flatten(2)  # (B, N, 3·9), channel-major
-        images = interpolate(values, surface.fragments, surface.triangles)
-        return images.unflatten(1, (3, 9)), surface.fragments.mask
+        images = interpolate(values, surface.fragments, surface.triangles) * surface.mask
+        return images.unflatten(1, (3, 9)), surface.mask
 
     def _surface(self, params: FaceParams) -> _Surface:
         """Pose, albedo, normals and rasterization of the drawn vertices: all but the lighting."""
@@ -264,7 +284,10 @@ class FaceRenderer(nn.Module):
         drawn_screen = screen.index_select(1, topology.drawn)
         fragments = self.rasterizer(screen.device).rasterize(drawn_screen, topology.face_triangles, size)
         normals = topology.normals(vertices)
-        return _Surface(vertices, screen, landmarks, albedo, normals, topology.face_triangles, fragments)
+        mask = fragments.mask
+        if self.clip_to_landmarks:
+            mask = mask * face_region_mask(landmarks, size).to(mask.dtype)
+        return _Surface(vertices, screen, landmarks, albedo, normals, topology.face_triangles, fragments, mask)
 
     def pose(self, params: FaceParams) -> Tensor:
         """``(B, V, 3)`` geometry rotated by R about the face centre (millimetres)."""

@@ -41,6 +41,8 @@ class RenderSettings:
         margin: pixels left free on each side when framing the landmark bounding box.
         backend: rasterizer: ``auto`` (nvdiffrast on CUDA when installed, else torch),
             ``torch`` or ``nvdiffrast``.
+        clip_to_landmarks: draw the face region by the rule real photos are masked with (the
+            polygon of the projected landmarks), the painted region only as an outer bound.
 
     Raises:
         ValueError: on a size, distance, margin or backend out of range.
@@ -54,6 +56,7 @@ class RenderSettings:
     camera_distance: float = 600.0
     margin: float = 0.0
     backend: str = "auto"
+    clip_to_landmarks: bool = True
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -454,4 +454,15 @@ def test_real_ict_facekit(tmp_path: Path) -> None:
     theta[:, light : light + 3] = 1.0
     coverage = renderer(theta).mask.mean().item()
     assert 0.40 <= coverage <= 0.90, coverage
+    # One rule for renders and photos: over faces from the prior, a render's region is the
+    # landmark mask of its own projected landmarks (what a real crop is masked with).
+    from ifn.data.priors import ParameterPrior
+    from ifn.facemodel.regions import face_region_mask
+
+    thetas = ParameterPrior().sample(renderer.layout, 48, expression_prior=model.metadata.expression_prior,
+                                     generator=torch.Generator().manual_seed(0))
+    out = renderer(thetas)
+    rendered, own = out.mask > 0.5, face_region_mask(out.landmarks, (240, 240)) > 0.5
+    iou = 100 * (rendered & own).sum((1, 2, 3)).double() / (rendered | own).sum((1, 2, 3)).double()
+    assert iou.mean() >= 99.5 and iou.min() >= 97.0, (iou.mean(), iou.min())
     shutil.rmtree(tmp_path, ignore_errors=True)

@@ -136,5 +136,39 @@ def test_fast_normals_match_the_reference_on_the_drawn_vertices():
     topology = renderer.topology()
     reference = vertex_normals(vertices, fm.triangles)[:, topology.drawn]
     assert torch.allclose(topology.normals(vertices), reference, atol=1e-5)
-    # Every face triangle is drawn through the re-indexing.
-    assert torch.equal(topology.drawn[topology.face_triangles], fm.face_triangles)
+    # Every face triangle is drawn through the re-indexing, first and in order; then the ring
+    # of triangles around them (drawn for the landmark clip), each touching the face region.
+    drawn = topology.drawn[topology.face_triangles]
+    n_face = fm.face_triangles.shape[0]
+    assert torch.equal(drawn[:n_face], fm.face_triangles)
+    ring = drawn[n_face:]
+    assert ring.shape[0] > 0 and not fm.face_mask[ring].all(dim=1).any()
+    in_face = torch.zeros(fm.n_vertices, dtype=torch.bool)
+    in_face[fm.face_triangles.reshape(-1)] = True
+    assert in_face[ring].any(dim=1).all()
+    unclipped = FaceRenderer(fm, image_size=32, backend="torch", clip_to_landmarks=False).topology()
+    assert torch.equal(unclipped.drawn[unclipped.face_triangles], fm.face_triangles)
+
+
+def test_render_region_is_the_landmark_mask_of_its_own_landmarks():
+    """One rule for renders and photos: over faces from the prior, the drawn region matches the
+    landmark polygon mask (jaw + brows minus inner lips) of the render's projected landmarks,
+    as a real crop is masked; without the clip, the painted region alone does not."""
+    from ifn.data.priors import ParameterPrior
+    from ifn.facemodel.regions import face_region_mask
+
+    model = load_face_model("procedural")
+    thetas = ParameterPrior().sample(ParamLayout.for_face_model(model), 32,
+                                     expression_prior=model.metadata.expression_prior,
+                                     generator=torch.Generator().manual_seed(0))
+
+    def iou(renderer: FaceRenderer) -> torch.Tensor:
+        out = renderer(thetas)
+        rendered, own = out.mask > 0.5, face_region_mask(out.landmarks, (240, 240)) > 0.5
+        assert torch.all(out.image * (1 - out.mask) == 0)  # nothing drawn outside the region
+        return 100 * (rendered & own).sum((1, 2, 3)).double() / (rendered | own).sum((1, 2, 3)).double()
+
+    clipped = iou(FaceRenderer(model, image_size=240, backend="torch"))
+    assert clipped.mean() >= 99.5 and clipped.min() >= 98.0, (clipped.mean(), clipped.min())
+    painted = iou(FaceRenderer(model, image_size=240, backend="torch", clip_to_landmarks=False))
+    assert painted.mean() < 99.0  # the painted region alone: the rule this replaces

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ifn.facemodel.model import FaceModel
-from ifn.params import FaceParams, ParamLayout
 from ifn.facemodel.regions import face_region_mask
+from ifn.params import FaceParams, ParamLayout
 from ifn.render.camera import apply_framing, euler_to_rotation, framing_transform, perspective_project
 from ifn.render.rasterizer import BACKENDS, Fragments, Rasterizer, create_rasterizer, interpolate
 from ifn.render.shading import sh_basis, shade

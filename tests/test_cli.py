@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from ifn.cli import main
+from ifn.data.datamodule import SyntheticFaceDataModule
 from ifn.lightning_cli import run_lightning_cli
 from ifn.models.inverse_face_net import InverseFaceNet
 from ifn.render.settings import RenderSettings
@@ -164,10 +165,15 @@ def test_every_sweep_parameter_is_accepted_by_fit(capsys):
 def test_sweep_metric_is_logged_by_validation():
     # The sweep minimises a metric by name: it must be one that InverseFaceNet logs.
     sweep = yaml.safe_load(SWEEP.read_text())
-    stage, name = sweep["metric"]["name"].split("/")
-    renderer = RenderSettings(n_shape=3, n_expression=2, n_reflectance=3, image_size=32, backend="torch").build_renderer()
-    model = InverseFaceNet(renderer, backbone="mobilenetv3_small_050")
-    assert stage == "val" and name in model.evaluators["val"].synthetic["network"]
+    stage = sweep["metric"]["name"].split("/")[0]
+    render = RenderSettings(n_shape=3, n_expression=2, n_reflectance=3, image_size=32, backend="torch")
+    dm = SyntheticFaceDataModule(render=render, val_size=4, test_size=4)
+    model = InverseFaceNet(dm.renderer, backbone="mobilenetv3_small_050")
+    batch = dm.render_batch(dm.fixed_parameters(1))
+    model.evaluators["val"].update(model(batch.input), batch)
+    assert stage == "val" and sweep["metric"]["name"] in model.evaluators["val"].compute()
+    # With the balanced loss the sweep's weights are shares: the command must turn it on.
+    assert "--model.balanced_loss" in sweep["command"]
 
 
 # --------------------------------------------------------------------------------- fit / test

@@ -16,7 +16,8 @@ Names (for stage ``test``; ``val`` alike): ``test/photometric_error``,
 ``test/param_rmse_<group>``, ``test/real_photometric_error``, ``test/real_iou``, each also
 with ``_mean_face`` appended (``test/photometric_error_std_mean_face``); and
 ``test/param_rel_rmse_<group>``, a group's error relative to the mean face's (0 is perfect,
-1 is what predicting the mean face achieves: the group is not learned).
+1 is what predicting the mean face achieves: the group is not learned) and their mean over
+the groups, ``test/param_rel_rmse_mean``.
 """
 
 from __future__ import annotations
@@ -156,11 +157,16 @@ class Evaluator(nn.Module):
                         values[f"{self.stage}/{kind}{name}{suffix}"] = stats["mean"]
                         values[f"{self.stage}/{kind}{name}_std{suffix}"] = stats["std"]
         # Each group's error relative to the mean face's: 1 means the group is not learned at all.
+        relative = []
         for group in self.renderer.layout.sizes:
             network = values.get(f"{self.stage}/param_rmse_{group}")
             reference = values.get(f"{self.stage}/param_rmse_{group}_mean_face")
             if network is not None and reference is not None:
                 values[f"{self.stage}/param_rel_rmse_{group}"] = network / reference
+                relative.append(network / reference)
+        if relative:
+            # One number in which every group counts the same (the loss-weight sweep's target).
+            values[f"{self.stage}/param_rel_rmse_mean"] = torch.stack(relative).mean()
         return values
 
     def reset(self) -> None:

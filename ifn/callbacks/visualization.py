@@ -1,4 +1,8 @@
-"""Image grids at validation: input, render of the prediction, and an overlay with contours."""
+"""Image grids: input | render of the prediction | its albedo | its shading | overlay.
+
+At every validation for synthetic faces, and once per ``ifn test`` for real photos, so one
+can see at a glance whether pose and shape, skin tone and light follow the input.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-__all__ = ["ImageGridLogger", "mask_contour", "overlay"]
+__all__ = ["ImageGridLogger", "mask_contour", "overlay", "reconstruction_rows"]
 
 
 def mask_contour(mask: Tensor, width: int = 2) -> Tensor:
@@ -40,11 +44,20 @@ def overlay(image: Tensor, render: Tensor, input_mask: Tensor, render_mask: Tens
     return out
 
 
-class ImageGridLogger(L.Callback):
-    """Log a grid (rows: input | render of prediction | overlay) once per validation.
+def reconstruction_rows(pl_module: L.LightningModule, batch: Any, n: int) -> Tensor:
+    """The grid rows of ``n`` faces: input | render | albedo | shading | overlay, ``(5n, 3, H, W)``."""
+    prediction = pl_module(batch.input[:n])
+    layers = pl_module.renderer.layers(prediction)
+    image, mask = batch.image[:n], batch.mask[:n]
+    return torch.cat([image, layers.image, layers.albedo, layers.shading, overlay(image, layers.image, mask, layers.mask)])
 
-    Written as a PNG under ``<log_dir>/images/`` (works with any logger) and sent to
-    TensorBoard / Weights & Biases when those loggers are in use.
+
+class ImageGridLogger(L.Callback):
+    """Log a grid (rows: input | render of prediction | albedo | shading | overlay) once per
+    validation, and the same grid of the first real photos once per test.
+
+    Written as PNGs under ``<log_dir>/images/`` (``val_step<N>.png``, ``test_real.png``; works
+    with any logger) and sent to TensorBoard / Weights & Biases when those loggers are in use.
 
     Args:
         num_images: faces per grid.
@@ -79,19 +92,34 @@ class ImageGridLogger(L.Callback):
         if not trainer.is_global_zero:
             return
         n = min(self.num_images, len(batch))
-        prediction = pl_module(batch.input[:n])
-        render = pl_module.renderer(prediction)
-        image, mask = batch.image[:n], batch.mask[:n]
-        rows = torch.cat([image, render.image, overlay(image, render.image, mask, render.mask)])
-        grid = make_grid(rows.float().cpu(), nrow=n, padding=2)
-        self._write(trainer, grid, directory)
+        grid = make_grid(reconstruction_rows(pl_module, batch, n).float().cpu(), nrow=n, padding=2)
+        self._write(trainer, grid, directory / f"val_step{trainer.global_step:07d}.png", "val/reconstructions")
 
-    def _write(self, trainer: L.Trainer, grid: Tensor, directory: Path) -> None:
+    @torch.no_grad()
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx != 0 or getattr(batch, "is_synthetic", True):
+            return
+        directory = Path(trainer.log_dir or trainer.default_root_dir) / "images"  # a broadcast: all ranks
+        if not trainer.is_global_zero:
+            return
+        n = min(self.num_images, len(batch))
+        grid = make_grid(reconstruction_rows(pl_module, batch, n).float().cpu(), nrow=n, padding=2)
+        self._write(trainer, grid, directory / "test_real.png", "test/real_reconstructions")
+
+    def _write(self, trainer: L.Trainer, grid: Tensor, path: Path, key: str) -> None:
         step = trainer.global_step
-        directory.mkdir(parents=True, exist_ok=True)
-        save_image(grid, directory / f"val_step{step:07d}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid, path)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("val/reconstructions", grid, global_step=step)
+                logger.experiment.add_image(key, grid, global_step=step)
             elif isinstance(logger, WandbLogger):
-                logger.log_image(key="val/reconstructions", images=[grid], step=step)
+                logger.log_image(key=key, images=[grid], step=step)

@@ -21,12 +21,12 @@ from ifn.facemodel.regions import face_region_mask
 from ifn.params import FaceParams, ParamLayout
 from ifn.render.camera import apply_framing, euler_to_rotation, framing_transform, perspective_project
 from ifn.render.rasterizer import BACKENDS, Fragments, Rasterizer, create_rasterizer, interpolate
-from ifn.render.shading import sh_basis, shade
+from ifn.render.shading import sh_basis, sh_irradiance, shade
 
 if TYPE_CHECKING:
     from ifn.render.settings import RenderSettings
 
-__all__ = ["FaceRenderer", "RenderOutput"]
+__all__ = ["FaceRenderer", "RenderLayers", "RenderOutput"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,23 @@ class RenderOutput:
     vertices: Tensor
     screen_vertices: Tensor
     fragments: Fragments
+
+
+@dataclass
+class RenderLayers:
+    """A render split into what it is made of (for pictures, not for training).
+
+    Attributes:
+        image: ``(B, 3, H, W)`` the render, as :meth:`FaceRenderer.forward` makes it.
+        albedo: ``(B, 3, H, W)`` the reflectance alone.
+        shading: ``(B, 3, H, W)`` the SH irradiance alone (coloured where the light is).
+        mask: ``(B, 1, H, W)`` the face region.
+    """
+
+    image: Tensor
+    albedo: Tensor
+    shading: Tensor
+    mask: Tensor
 
 
 @dataclass(frozen=True)
@@ -255,6 +272,22 @@ class FaceRenderer(nn.Module):
             screen_vertices=surface.screen,
             fragments=surface.fragments,
         )
+
+    def layers(self, theta: Tensor | FaceParams) -> RenderLayers:
+        """The render and what it is made of: albedo and shading images, for looking at.
+
+        ``image`` is what :meth:`forward` renders; ``albedo`` is the interpolated reflectance
+        (Eq. 3) and ``shading`` the interpolated SH irradiance, both clamped to [0, 1] and
+        black outside the face region.
+        """
+        params = self.layout.split(theta) if isinstance(theta, Tensor) else theta
+        surface = self._surface(params)
+        irradiance = sh_irradiance(surface.normals, params.illumination)
+        image = interpolate(surface.albedo * irradiance, surface.fragments, surface.triangles).clamp(0.0, 1.0)
+        albedo = interpolate(surface.albedo, surface.fragments, surface.triangles).clamp(0.0, 1.0)
+        shading = interpolate(irradiance, surface.fragments, surface.triangles).clamp(0.0, 1.0)
+        mask = surface.mask
+        return RenderLayers(image=image * mask, albedo=albedo * mask, shading=shading * mask, mask=mask)
 
     def illumination_basis(self, theta: Tensor | FaceParams) -> tuple[Tensor, Tensor]:
         """Unclamped images of each SH basis function under the faces' geometry and albedo.

@@ -49,7 +49,8 @@ def reconstruction_rows(pl_module: L.LightningModule, batch: Any, n: int) -> Ten
     prediction = pl_module(batch.input[:n])
     layers = pl_module.renderer.layers(prediction)
     image, mask = batch.image[:n], batch.mask[:n]
-    return torch.cat([image, layers.image, layers.albedo, layers.shading, overlay(image, layers.image, mask, layers.mask)])
+    contours = overlay(image, layers.image, mask, layers.mask)
+    return torch.cat([image, layers.image, layers.albedo, layers.shading, contours])
 
 
 class ImageGridLogger(L.Callback):

@@ -1,0 +1,83 @@
+"""scripts/table1.py: mean ± std over seeds and the Markdown table by value, and a tiny
+end-to-end run of every row (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "table1.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("table1", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_and_markdown_by_value():
+    table1 = _load_script()
+    runs = {
+        "euclidean": {0: {"test/geometric_error_mm": 4.0, "fit_minutes": 1.0},
+                      1: {"test/geometric_error_mm": 5.0, "fit_minutes": 3.0}},
+        "model_space": {0: {"test/geometric_error_mm": 3.0, "test/iou": 90.0, "fit_minutes": 2.0}},
+    }
+    summary = table1.summarise(runs)
+    assert summary["euclidean"]["test/geometric_error_mm"] == {"mean": 4.5, "std": pytest.approx(0.7071068), "n": 2}
+    assert summary["model_space"]["test/iou"] == {"mean": 90.0, "std": 0.0, "n": 1}
+    assert "test/iou" not in summary["euclidean"]  # never measured: no entry, not a 0
+    lines = table1.markdown(summary).splitlines()
+    assert lines[0].startswith("| row | geometric (mm) | photometric | IoU % | rel. rotation")
+    assert lines[2].startswith("| Euclidean parameter loss | 4.500 ± 0.707 | — | — |")
+    assert lines[2].endswith("| 2.0 ± 1.4 |")
+    assert lines[3].startswith("| + model-space loss | 3.000 ± 0.000 | — | 90.00 ± 0.00 |")
+    # The paper's rows follow, for the rows that were run.
+    assert lines[4].startswith("| paper: Euclidean parameter loss | 2.910 | 46.26 | 90.44 |")
+    assert len(lines) == 6
+
+
+def test_rows_turn_breeding_off_except_the_breeding_row():
+    table1 = _load_script()
+    rows = table1.rows("resnet50")
+    assert rows["model_space_breeding"] == []
+    for name in ("euclidean", "model_space", "deep"):
+        assert rows[name][-2:] == ["--breeding.rounds", "0"], name
+    assert "--model.euclidean_loss" in rows["euclidean"] and "resnet50" in rows["deep"]
+    assert "deep" not in table1.rows(None)
+
+
+@pytest.mark.slow
+def test_tiny_table_end_to_end(tmp_path, run, shared_data):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("breakingbad.jpg", "breakingbad.pts", "takeo.ppm", "takeo.pts", "lenna.png", "lenna.ljson"):
+        os.symlink(shared_data / "faces" / "annotated68" / name, photos / name)
+    tiny = [
+        "--trainer.accelerator=cpu", "--trainer.max_steps=3", "--trainer.enable_model_summary=false",
+        "--model.backbone=mobilenetv3_small_050", "--data.render.image_size=32", "--data.render.n_shape=3",
+        "--data.render.n_expression=2", "--data.render.n_reflectance=3", "--data.batch_size=4",
+        "--data.batches_per_epoch=2", "--data.val_size=4", "--data.test_size=4", "--data.render.backend=torch",
+        "--data.photos.detector=annotation", f"--data.photos.cache_dir={tmp_path / 'cache'}",
+        "--breeding.start_step=1", "--breeding.every_n_steps=1", "--breeding.rounds=2",
+    ]  # fmt: skip
+    command = [sys.executable, str(SCRIPT), "--train", str(photos), "--heldout", str(photos), "--seeds", "0",
+               "--root", str(tmp_path / "runs"), *tiny]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    result = run(command, cwd=REPO, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = result.stdout.strip().splitlines()
+    assert [line.split(" | ")[0] for line in table[2:5]] == [
+        "| Euclidean parameter loss", "| + model-space loss", "| + breeding"]
+    saved = json.loads((tmp_path / "runs" / "table1.json").read_text())
+    for row in ("euclidean", "model_space", "model_space_breeding"):
+        metrics = saved["runs"][row]["0"]
+        assert 0 < metrics["test/real_photometric_error"] < 255 and metrics["fit_minutes"] > 0
+    assert "breeding round 2/2" in (tmp_path / "runs" / "model_space_breeding_s0" / "table1.log").read_text()
+    assert "breeding round" not in (tmp_path / "runs" / "model_space_s0" / "table1.log").read_text()

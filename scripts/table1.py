@@ -60,7 +60,7 @@ TITLES = {
 def rows(deep: str | None) -> dict[str, list[str]]:
     """The rows' extra arguments (on top of the configs, which enable breeding)."""
     table = {
-        "euclidean": ["--model.euclidean_loss", "true", "--model.balanced_loss", "false", "--breeding.rounds", "0"],
+        "euclidean": ["--model.euclidean_loss", "true", "--breeding.rounds", "0"],
         "model_space": ["--breeding.rounds", "0"],
         "model_space_breeding": [],
     }

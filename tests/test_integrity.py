@@ -188,8 +188,8 @@ def test_model_settings_that_differ_from_the_checkpoint_are_refused(checkpoint, 
         f"{checkpoint}: trained with model.backbone='{BACKBONE}' (this run: 'resnet18'); "
         "pass the checkpoint's values (or leave --ckpt_path out to start a new model)"
     )
-    message = _refused(capsys, f"--ckpt_path={checkpoint}", "--model.rotation_weight=1", "--model.euclidean_loss=true")
-    assert "model.rotation_weight=400.0 (this run: 1.0)" in message
+    message = _refused(capsys, f"--ckpt_path={checkpoint}", "--model.rotation_weight=3", "--model.euclidean_loss=true")
+    assert "model.rotation_weight=1.0 (this run: 3.0)" in message
     assert "model.euclidean_loss=False (this run: True)" in message
     # Settings that only choose the starting weights are not compared.
     capsys.readouterr()

@@ -157,3 +157,40 @@ def build_toy_face_model(resolution: int = 41) -> FaceModel:
 @pytest.fixture()
 def toy_face_model() -> FaceModel:
     return build_toy_face_model()
+
+
+@pytest.fixture(scope="session")
+def load_script() -> Callable[[str], object]:
+    """Import ``scripts/<name>.py`` as a module (scripts are not a package)."""
+    import importlib.util
+
+    def load(name: str) -> object:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture()
+def annotated_photos(tmp_path: Path, shared_data: Path) -> Path:
+    """A folder of three development photos with their landmark annotations (symlinked)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("breakingbad.jpg", "breakingbad.pts", "takeo.ppm", "takeo.pts", "lenna.png", "lenna.ljson"):
+        os.symlink(shared_data / "faces" / "annotated68" / name, photos / name)
+    return photos
+
+
+@pytest.fixture()
+def tiny_breeding_run(tmp_path: Path) -> list[str]:
+    """``ifn fit/test`` arguments that train the breeding quickstart in seconds on annotated photos."""
+    return [
+        "--trainer.accelerator=cpu", "--trainer.max_steps=3", "--trainer.enable_model_summary=false",
+        "--model.backbone=mobilenetv3_small_050", "--data.render.image_size=32", "--data.render.n_shape=3",
+        "--data.render.n_expression=2", "--data.render.n_reflectance=3", "--data.batch_size=4",
+        "--data.batches_per_epoch=2", "--data.val_size=4", "--data.test_size=4", "--data.render.backend=torch",
+        "--data.photos.detector=annotation", f"--data.photos.cache_dir={tmp_path / 'cache'}",
+        "--breeding.start_step=1", "--breeding.every_n_steps=1", "--breeding.rounds=2",
+    ]  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -14,19 +13,13 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "breeding_ablation.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("breeding_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def _metrics(photometric: float, iou: float, geometric: float) -> dict[str, float]:
     return {"test/real_photometric_error": photometric, "test/real_iou": iou, "test/geometric_error_mm": geometric}
 
 
-def test_summary_counts_paired_wins_in_the_right_direction():
-    ablation = _load_script()
+def test_summary_counts_paired_wins_in_the_right_direction(load_script):
+    ablation = load_script("breeding_ablation")
     runs = {
         "breeding": {0: _metrics(50.0, 90.0, 4.0), 1: _metrics(52.0, 89.0, 3.0), 2: _metrics(51.0, 89.5, 3.5)},
         "none": {0: _metrics(51.0, 89.0, 3.0), 1: _metrics(53.0, 89.5, 3.0), 2: _metrics(50.0, 89.0, 3.6)},
@@ -45,19 +38,8 @@ def test_summary_counts_paired_wins_in_the_right_direction():
 
 
 @pytest.mark.slow
-def test_tiny_ablation_end_to_end(tmp_path, run, shared_data):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for name in ("breakingbad.jpg", "breakingbad.pts", "takeo.ppm", "takeo.pts", "lenna.png", "lenna.ljson"):
-        os.symlink(shared_data / "faces" / "annotated68" / name, photos / name)
-    tiny = [
-        "--trainer.accelerator=cpu", "--trainer.max_steps=3", "--trainer.enable_model_summary=false",
-        "--model.backbone=mobilenetv3_small_050", "--data.render.image_size=32", "--data.render.n_shape=3",
-        "--data.render.n_expression=2", "--data.render.n_reflectance=3", "--data.batch_size=4", "--data.batches_per_epoch=2",
-        "--data.val_size=4", "--data.test_size=4", "--data.render.backend=torch", "--data.photos.detector=annotation",
-        f"--data.photos.cache_dir={tmp_path / 'cache'}", "--breeding.start_step=1", "--breeding.every_n_steps=1",
-        "--breeding.rounds=2",
-    ]  # fmt: skip
+def test_tiny_ablation_end_to_end(tmp_path, run, annotated_photos, tiny_breeding_run):
+    photos, tiny = annotated_photos, tiny_breeding_run
     command = [sys.executable, str(SCRIPT), "--train", str(photos), "--heldout", str(photos), "--seeds", "0",
                "--root", str(tmp_path / "runs"), *tiny]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}

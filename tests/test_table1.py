@@ -3,7 +3,6 @@ end-to-end run of every row (slow)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -15,15 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "table1.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("table1", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-def test_summary_and_markdown_by_value():
-    table1 = _load_script()
+def test_summary_and_markdown_by_value(load_script):
+    table1 = load_script("table1")
     runs = {
         "euclidean": {0: {"test/geometric_error_mm": 4.0, "fit_minutes": 1.0},
                       1: {"test/geometric_error_mm": 5.0, "fit_minutes": 3.0}},
@@ -43,8 +36,8 @@ def test_summary_and_markdown_by_value():
     assert len(lines) == 6
 
 
-def test_rows_turn_breeding_off_except_the_breeding_row():
-    table1 = _load_script()
+def test_rows_turn_breeding_off_except_the_breeding_row(load_script):
+    table1 = load_script("table1")
     rows = table1.rows("resnet50")
     assert rows["model_space_breeding"] == []
     for name in ("euclidean", "model_space", "deep"):
@@ -54,19 +47,8 @@ def test_rows_turn_breeding_off_except_the_breeding_row():
 
 
 @pytest.mark.slow
-def test_tiny_table_end_to_end(tmp_path, run, shared_data):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for name in ("breakingbad.jpg", "breakingbad.pts", "takeo.ppm", "takeo.pts", "lenna.png", "lenna.ljson"):
-        os.symlink(shared_data / "faces" / "annotated68" / name, photos / name)
-    tiny = [
-        "--trainer.accelerator=cpu", "--trainer.max_steps=3", "--trainer.enable_model_summary=false",
-        "--model.backbone=mobilenetv3_small_050", "--data.render.image_size=32", "--data.render.n_shape=3",
-        "--data.render.n_expression=2", "--data.render.n_reflectance=3", "--data.batch_size=4",
-        "--data.batches_per_epoch=2", "--data.val_size=4", "--data.test_size=4", "--data.render.backend=torch",
-        "--data.photos.detector=annotation", f"--data.photos.cache_dir={tmp_path / 'cache'}",
-        "--breeding.start_step=1", "--breeding.every_n_steps=1", "--breeding.rounds=2",
-    ]  # fmt: skip
+def test_tiny_table_end_to_end(tmp_path, run, annotated_photos, tiny_breeding_run):
+    photos, tiny = annotated_photos, tiny_breeding_run
     command = [sys.executable, str(SCRIPT), "--train", str(photos), "--heldout", str(photos), "--seeds", "0",
                "--root", str(tmp_path / "runs"), *tiny]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}

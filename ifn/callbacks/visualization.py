@@ -87,14 +87,7 @@ class ImageGridLogger(L.Callback):
             return
         if (self._validations - 1) % self.every_n_validations:
             return
-        # Under DDP trainer.log_dir is a broadcast: every rank must ask, before the rank check
-        # (asked on rank 0 alone, it deadlocked 2-process DDP training at the first validation).
-        directory = Path(trainer.log_dir or trainer.default_root_dir) / "images"
-        if not trainer.is_global_zero:
-            return
-        n = min(self.num_images, len(batch))
-        grid = make_grid(reconstruction_rows(pl_module, batch, n).float().cpu(), nrow=n, padding=2)
-        self._write(trainer, grid, directory / f"val_step{trainer.global_step:07d}.png", "val/reconstructions")
+        self._log_grid(trainer, pl_module, batch, f"val_step{trainer.global_step:07d}.png", "val/reconstructions")
 
     @torch.no_grad()
     def on_test_batch_end(
@@ -108,12 +101,17 @@ class ImageGridLogger(L.Callback):
     ) -> None:
         if batch_idx != 0 or getattr(batch, "is_synthetic", True):
             return
-        directory = Path(trainer.log_dir or trainer.default_root_dir) / "images"  # a broadcast: all ranks
+        self._log_grid(trainer, pl_module, batch, "test_real.png", "test/real_reconstructions")
+
+    def _log_grid(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, name: str, key: str) -> None:
+        # Under DDP trainer.log_dir is a broadcast: every rank must ask, before the rank check
+        # (asked on rank 0 alone, it deadlocked 2-process DDP training at the first validation).
+        directory = Path(trainer.log_dir or trainer.default_root_dir) / "images"
         if not trainer.is_global_zero:
             return
         n = min(self.num_images, len(batch))
         grid = make_grid(reconstruction_rows(pl_module, batch, n).float().cpu(), nrow=n, padding=2)
-        self._write(trainer, grid, directory / "test_real.png", "test/real_reconstructions")
+        self._write(trainer, grid, directory / name, key)
 
     def _write(self, trainer: L.Trainer, grid: Tensor, path: Path, key: str) -> None:
         step = trainer.global_step

@@ -15,7 +15,8 @@ python - "$METRICS" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))
 keys = ["test/geometric_error_mm", "test/geometric_error_mm_mean_face", "test/photometric_error",
-        "test/photometric_error_mean_face", "test/iou", "test/iou_mean_face"]
+        "test/photometric_error_mean_face", "test/iou", "test/iou_mean_face",
+        *(f"test/param_rel_rmse_{g}" for g in ("rotation", "shape", "expression", "reflectance", "illumination"))]
 print(json.dumps({k: round(m[k], 3) for k in keys if k in m}, indent=2))
 gain = 1 - m["test/geometric_error_mm"] / m["test/geometric_error_mm_mean_face"]
 print(f"geometric error {100 * gain:.1f}% below the mean face; all metrics: {sys.argv[1]}")

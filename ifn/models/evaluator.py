@@ -104,6 +104,7 @@ class Evaluator(nn.Module):
             batch: the faces it was predicted from.
         """
         reference = self.mean_face_parameters(prediction.shape[0], prediction.device)
+        target_geometry = self._geometry(batch.theta) if batch.is_synthetic else None
         renders = {}
         for who, theta in zip(_PREDICTORS, (prediction, reference), strict=True):
             render = self.renderer(theta)
@@ -111,7 +112,7 @@ class Evaluator(nn.Module):
             metrics["photometric_error"].update(render.image, batch.image, batch.mask)
             metrics["iou"].update(render.mask, batch.mask)
             if batch.is_synthetic:
-                metrics["geometric_error_mm"].update(self._geometry(theta), self._geometry(batch.theta), self.face_mask)
+                metrics["geometric_error_mm"].update(self._geometry(theta), target_geometry, self.face_mask)
                 metrics["param_rmse"].update(theta, batch.theta)
             renders[who] = render
         if not batch.is_synthetic and self.keep_per_image:

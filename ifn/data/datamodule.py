@@ -104,7 +104,6 @@ class SyntheticFaceDataModule(L.LightningDataModule):
         if batch_size <= 0 or batches_per_epoch <= 0 or val_size < 0 or test_size < 0:
             raise ValueError("batch_size and batches_per_epoch must be > 0, val_size and test_size >= 0")
         self.renderer: FaceRenderer = render.build_renderer()
-        self.render_settings = render
         self.layout = self.renderer.layout
         self.prior = prior if prior is not None else ParameterPrior()
         self.prior_source = PriorSource(

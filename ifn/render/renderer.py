@@ -87,6 +87,21 @@ class _Topology:
         return F.normalize(summed.view(-1, batch, 3).transpose(0, 1), dim=-1)
 
 
+def check_render_values(image_size: int, camera_distance: float, margin: float, backend: str) -> None:
+    """Refuse render settings that cannot be rendered (shared by the renderer and its settings).
+
+    Raises:
+        ValueError: on an unknown backend, or a size, distance or margin out of range.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown rasterizer backend {backend!r}; choose one of {BACKENDS}")
+    if image_size <= 0 or camera_distance <= 0 or margin < 0 or 2 * margin >= image_size:
+        raise ValueError(
+            "need image_size > 0, camera_distance > 0, 0 <= margin < image_size/2; "
+            f"got {image_size}, {camera_distance}, {margin}"
+        )
+
+
 @dataclass
 class RenderOutput:
     """Everything a render produces.
@@ -178,13 +193,7 @@ class FaceRenderer(nn.Module):
         clip_to_landmarks: bool = True,
     ) -> None:
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown rasterizer backend {backend!r}; choose one of {BACKENDS}")
-        if image_size <= 0 or camera_distance <= 0 or margin < 0 or 2 * margin >= image_size:
-            raise ValueError(
-                f"need image_size > 0, camera_distance > 0, 0 <= margin < image_size/2; "
-                f"got {image_size}, {camera_distance}, {margin}"
-            )
+        check_render_values(image_size, camera_distance, margin, backend)
         self.face_model = face_model
         self.layout = ParamLayout.for_face_model(face_model)
         self.image_size = int(image_size)

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ifn.facemodel.model import FaceModel, build_face_model
-from ifn.render.rasterizer import BACKENDS
-from ifn.render.renderer import FaceRenderer
+from ifn.render.renderer import FaceRenderer, check_render_values
 
 __all__ = ["RenderSettings"]
 
@@ -59,13 +58,7 @@ class RenderSettings:
     clip_to_landmarks: bool = True
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown rasterizer backend {self.backend!r}; choose one of {BACKENDS}")
-        if self.image_size <= 0 or self.camera_distance <= 0 or self.margin < 0 or 2 * self.margin >= self.image_size:
-            raise ValueError(
-                "need image_size > 0, camera_distance > 0, 0 <= margin < image_size/2; "
-                f"got {self.image_size}, {self.camera_distance}, {self.margin}"
-            )
+        check_render_values(self.image_size, self.camera_distance, self.margin, self.backend)
         for name in ("n_shape", "n_expression", "n_reflectance"):
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -20,15 +20,24 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["PATH_ENCODING", "atomic_write", "path_text", "writable", "write_csv_atomic", "write_json_atomic"]
+__all__ = [
+    "PATH_ENCODING",
+    "atomic_write",
+    "path_text",
+    "tensors_sha256",
+    "writable",
+    "write_csv_atomic",
+    "write_json_atomic",
+]
 
 #: How the paths in ifn's outputs are written (:func:`path_text`), in words, for the files themselves.
 PATH_ENCODING = (
@@ -164,3 +173,29 @@ def write_csv_atomic(path: str | os.PathLike[str], rows: list[dict[str, Any]], c
         writer.writeheader()
         writer.writerows(writable(row) for row in rows)
     return Path(path)
+
+
+def tensors_sha256(tensors: Mapping[str, Any], domain: str) -> str:
+    """SHA-256 of named tensors: ``domain``, then each entry's name, dtype, shape and bytes,
+    in mapping order (entries that are not tensors contribute their name only).
+
+    The bytes are read on the CPU, so the hash does not depend on the device. Face-model
+    content hashes and checkpoint weight hashes are both this digest.
+
+    Example:
+        >>> import torch
+        >>> a = tensors_sha256({"w": torch.zeros(2)}, "demo")
+        >>> a == tensors_sha256({"w": torch.zeros(2)}, "demo"), a == tensors_sha256({"w": torch.ones(2)}, "demo")
+        (True, False)
+    """
+    import torch
+
+    digest = hashlib.sha256(domain.encode())
+    for key, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            digest.update(f"{key}:-".encode())
+            continue
+        digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode())
+        # A byte view works for every dtype (numpy has no bfloat16) without copying on the CPU.
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()

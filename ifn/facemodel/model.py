@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import zipfile
@@ -50,7 +49,7 @@ from torch import Tensor, nn
 
 from ifn.errors import one_line
 from ifn.facemodel.regions import NUM_LANDMARKS
-from ifn.io import atomic_write
+from ifn.io import atomic_write, tensors_sha256
 
 __all__ = [
     "PAPER_SIZES",
@@ -282,11 +281,7 @@ class FaceModel(nn.Module):
         arrays give θ the same meaning. The bytes are read on the CPU, so the hash does not
         depend on the device, and a file moved or renamed keeps its hash.
         """
-        digest = hashlib.sha256(f"{FORMAT_NAME}/{FORMAT_VERSION}".encode())
-        for key, value in self.arrays().items():
-            digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode())
-            digest.update(value.contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        return tensors_sha256(self.arrays(), f"{FORMAT_NAME}/{FORMAT_VERSION}")
 
     def identity(self) -> FaceModelIdentity:
         """Name, θ layout and content hash: what a checkpoint needs to know it matches."""

@@ -15,7 +15,6 @@ problem is one line naming the file (:class:`CheckpointError`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from torch import nn
 
 from ifn.errors import UsageError
 from ifn.facemodel.model import FaceModelIdentity
+from ifn.io import tensors_sha256
 from ifn.render.renderer import FaceRenderer
 from ifn.render.settings import RenderSettings
 
@@ -129,15 +129,7 @@ def weights_sha256(state_dict: Mapping[str, Any]) -> str:
         >>> a == weights_sha256({"w": torch.zeros(2)}), a == weights_sha256({"w": torch.tensor([0.0, 1e-30])})
         (True, False)
     """
-    digest = hashlib.sha256(b"ifn-weights/1")
-    for key, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            digest.update(f"{key}:-".encode())
-            continue
-        digest.update(f"{key}:{value.dtype}:{tuple(value.shape)}".encode())
-        # A byte view works for every dtype (numpy has no bfloat16) without copying on the CPU.
-        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
+    return tensors_sha256(state_dict, "ifn-weights/1")
 
 
 def record_weights(checkpoint: dict[str, Any]) -> None:

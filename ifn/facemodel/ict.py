@@ -52,6 +52,7 @@ import torch
 
 from ifn.facemodel.albedo_prior import build_reflectance_prior, in_range_fraction, landmark_region_weights
 from ifn.facemodel.basis import orthonormal_basis
+from ifn.facemodel.convert import mesh_components as _components
 from ifn.facemodel.geometry import distance_to_polyline, smoothstep, triangle_normals
 from ifn.facemodel.model import ExpressionPrior, FaceModel, FaceModelMetadata
 from ifn.facemodel.regions import FACE_OUTLINE, points_in_polygon
@@ -642,18 +643,3 @@ def _face_mask(
         "inner_landmarks_not_strictly_inside": [i for i in strictly_inner if not inside[landmarks[i]]],
     }
     return mask, report
-
-
-def _components(n_vertices: int, triangles: np.ndarray) -> np.ndarray:
-    """Connected-component label (the smallest vertex index) of every vertex."""
-    labels = np.arange(n_vertices)
-    edges = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
-    while True:
-        low = np.minimum(labels[edges[:, 0]], labels[edges[:, 1]])
-        new = labels.copy()
-        np.minimum.at(new, edges[:, 0], low)
-        np.minimum.at(new, edges[:, 1], low)
-        new = new[new]  # pointer jumping
-        if np.array_equal(new, labels):
-            return labels
-        labels = new

@@ -29,6 +29,20 @@ key                    dtype      shape
 ``landmark_indices``   int64      ``(68,)`` iBUG / Multi-PIE order
 ``face_mask``          bool       ``(V,)`` the region that is drawn
 =====================  =========  =========================================
+
+Optional (both or neither), for landmarks that are points on triangles rather than
+vertices (FLAME's landmark embedding, for instance):
+
+==========================  =========  =====================================
+``landmark_triangles``      int64      ``(68,)`` index into ``triangles``
+``landmark_barycentrics``   float32    ``(68, 3)`` weights of the triangle's corners, sum 1
+==========================  =========  =====================================
+
+With them, a landmark is ``Σ_k w_k · v[triangles[t, k]]`` (and ``landmark_indices`` holds
+each landmark's heaviest corner, for what needs a vertex); without them, the landmark is
+the vertex ``landmark_indices[i]``. Float arrays may be stored as float16 (the embedded
+model is, to stay small); they are read as float32. Files without the optional keys hash
+exactly as before they existed.
 """
 
 from __future__ import annotations
@@ -52,12 +66,14 @@ from ifn.facemodel.regions import NUM_LANDMARKS
 from ifn.io import atomic_write, tensors_sha256
 
 __all__ = [
+    "BUILTIN_FACE_MODELS",
     "PAPER_SIZES",
     "ExpressionPrior",
     "FaceModel",
     "FaceModelIdentity",
     "FaceModelMetadata",
     "build_face_model",
+    "embedded_model_path",
     "load_face_model",
 ]
 
@@ -65,6 +81,8 @@ FORMAT_NAME = "ifn-face-model"
 FORMAT_VERSION = 1
 #: The paper's mode counts (θs, θe, θr), used where a face model has that many.
 PAPER_SIZES = {"shape": 128, "expression": 64, "reflectance": 128}
+#: Optional arrays: barycentric landmarks (see the module docstring).
+_BARYCENTRIC_KEYS = ("landmark_triangles", "landmark_barycentrics")
 _ARRAY_KEYS = (
     "mean_shape",
     "shape_basis",
@@ -178,10 +196,15 @@ class FaceModel(nn.Module):
         reflectance_basis: ``(K_r, V, 3)`` orthonormal reflectance modes b_r.
         reflectance_std: ``(K_r,)`` σr.
         triangles: ``(F_all, 3)`` vertex indices of every triangle of the mesh.
-        landmark_indices: ``(68,)`` vertex index of each iBUG landmark.
+        landmark_indices: ``(68,)`` vertex index of each iBUG landmark (with barycentric
+            landmarks: the heaviest corner of each landmark's triangle).
         face_mask: ``(V,)`` bool, the painted face region; only triangles whose three
             vertices are inside it are drawn, and geometric errors are measured on it.
         metadata: provenance and priors.
+        landmark_triangles: optional ``(68,)`` triangle of each landmark (index into
+            ``triangles``); given with ``landmark_barycentrics``, landmarks are points on
+            those triangles instead of the vertices ``landmark_indices``.
+        landmark_barycentrics: optional ``(68, 3)`` barycentric weights (≥ 0, sum 1).
         check_orthonormal: verify the bases (off only for trusted, already-checked data).
 
     Raises:
@@ -209,6 +232,8 @@ class FaceModel(nn.Module):
     face_mask: Tensor
     face_triangles: Tensor
     center: Tensor
+    landmark_triangles: Tensor | None
+    landmark_barycentrics: Tensor | None
 
     def __init__(
         self,
@@ -225,6 +250,8 @@ class FaceModel(nn.Module):
         landmark_indices: Tensor,
         face_mask: Tensor,
         metadata: FaceModelMetadata,
+        landmark_triangles: Tensor | None = None,
+        landmark_barycentrics: Tensor | None = None,
         check_orthonormal: bool = True,
     ) -> None:
         super().__init__()
@@ -241,11 +268,19 @@ class FaceModel(nn.Module):
             "landmark_indices": torch.as_tensor(landmark_indices, dtype=torch.int64),
             "face_mask": torch.as_tensor(face_mask, dtype=torch.bool),
         }
+        if (landmark_triangles is None) != (landmark_barycentrics is None):
+            raise ValueError("landmark_triangles and landmark_barycentrics go together: give both or neither")
+        if landmark_triangles is not None:
+            arrays["landmark_triangles"] = torch.as_tensor(landmark_triangles, dtype=torch.int64)
+            arrays["landmark_barycentrics"] = torch.as_tensor(landmark_barycentrics, dtype=torch.float32)
         _validate(arrays, check_orthonormal=check_orthonormal)
         # Not persistent: a face model is data with its own file format, never part of a
         # network checkpoint (which stores the model's identity instead, see ``identity``).
         for key, value in arrays.items():
             self.register_buffer(key, value.contiguous(), persistent=False)
+        for key in _BARYCENTRIC_KEYS:
+            if key not in arrays:
+                self.register_buffer(key, None, persistent=False)
         self.metadata = metadata
         tri_in_mask = arrays["face_mask"][arrays["triangles"]].all(dim=1)
         self.register_buffer("face_triangles", arrays["triangles"][tri_in_mask].contiguous(), persistent=False)
@@ -272,6 +307,27 @@ class FaceModel(nn.Module):
     @property
     def name(self) -> str:
         return self.metadata.name
+
+    @property
+    def has_barycentric_landmarks(self) -> bool:
+        """Whether landmarks are points on triangles (else they are the vertices ``landmark_indices``)."""
+        return self.landmark_triangles is not None
+
+    def landmark_points(self, vertices: Tensor) -> Tensor:
+        """The 68 landmarks of meshes of this model.
+
+        Args:
+            vertices: ``(B, V, 3)`` vertex positions (any pose; the landmarks follow them).
+
+        Returns:
+            ``(B, 68, 3)``: the landmark vertices, or with barycentric landmarks the points
+            ``Σ_k w_k · v[triangles[t, k]]``.
+        """
+        if self.landmark_triangles is None:
+            return vertices[:, self.landmark_indices]
+        corners = self.triangles[self.landmark_triangles]  # (68, 3) vertex ids
+        weights = self.landmark_barycentrics.to(vertices.dtype)
+        return (vertices[:, corners] * weights[None, :, :, None]).sum(dim=2)
 
     @functools.cached_property
     def sha256(self) -> str:
@@ -357,11 +413,19 @@ class FaceModel(nn.Module):
 
     # ---------------------------------------------------------------- file io
     def arrays(self) -> dict[str, Tensor]:
-        """The persistent tensors by their file-format key (detached CPU copies)."""
-        return {key: getattr(self, key).detach().cpu().clone() for key in _ARRAY_KEYS}
+        """The persistent tensors by their file-format key (detached CPU copies); the
+        barycentric-landmark keys only when the model has them."""
+        keys = _ARRAY_KEYS + (_BARYCENTRIC_KEYS if self.has_barycentric_landmarks else ())
+        return {key: getattr(self, key).detach().cpu().clone() for key in keys}
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(self, path: str | os.PathLike[str], *, float16: bool = False, compressed: bool = False) -> Path:
         """Write the native ``.npz`` format atomically (a temp file renamed into place).
+
+        Args:
+            path: the ``.npz`` file.
+            float16: store the float arrays as float16 (about half the size; the model read
+                back is the float16-rounded one, so its SHA-256 differs from this model's).
+            compressed: deflate the archive's members.
 
         Returns:
             The path written.
@@ -370,11 +434,13 @@ class FaceModel(nn.Module):
         if path.suffix != ".npz":
             raise ValueError(f"face model files end in .npz, got {str(path)!r}")
         payload: dict[str, np.ndarray] = {key: value.numpy() for key, value in self.arrays().items()}
+        if float16:
+            payload = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in payload.items()}
         payload["format"] = np.array(FORMAT_NAME)
         payload["version"] = np.array(FORMAT_VERSION, dtype=np.int64)
         payload["metadata"] = np.array(self.metadata.to_json())
         with atomic_write(path) as handle:
-            np.savez(handle, **payload)
+            (np.savez_compressed if compressed else np.savez)(handle, **payload)
         return path
 
     @classmethod
@@ -396,6 +462,13 @@ class FaceModel(nn.Module):
         # A truncated file is a BadZipFile or EOFError; a flipped bit fails the zip member's
         # CRC-32 (BadZipFile) or garbles an array header (ValueError): one line naming the file.
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
+            if isinstance(err, ValueError) and "allow_pickle" in str(err):
+                # np.load refuses before unpickling anything: the member is an object array.
+                raise ValueError(
+                    f"{path}: holds object arrays (pickled Python objects), which ifn never loads because "
+                    "unpickling can run code; a face model holds plain arrays only (convert the source with "
+                    "`ifn facemodel convert`)"
+                ) from err
             problem = f"damaged, truncated or not plain arrays ({one_line(err)})"
             raise ValueError(f"{path}: not a readable .npz face model: {problem}") from err
         if str(contents.get("format", "")) != FORMAT_NAME:
@@ -409,15 +482,45 @@ class FaceModel(nn.Module):
         missing = [key for key in _ARRAY_KEYS if key not in contents]
         if missing:
             raise ValueError(f"{path}: face model is missing arrays {missing}")
+        optional = {key: torch.from_numpy(contents[key]) for key in _BARYCENTRIC_KEYS if key in contents}
         try:
             metadata = FaceModelMetadata.from_json(str(contents["metadata"]))
-            return cls(**{key: torch.from_numpy(contents[key]) for key in _ARRAY_KEYS}, metadata=metadata)
+            arrays = {key: torch.from_numpy(contents[key]) for key in _ARRAY_KEYS}
+            return cls(**arrays, **optional, metadata=metadata)
         except (ValueError, TypeError, KeyError, RuntimeError) as err:
             raise ValueError(f"{path}: invalid face model: {one_line(err)}") from err
 
 
+#: Face models that load by name: ``procedural`` (built by code) and ``ict`` (package data).
+BUILTIN_FACE_MODELS = ("procedural", "ict")
+#: Where the embedded ICT-FaceKit model lives, relative to this package.
+EMBEDDED_ICT = ("data", "ict.npz")
+
+
+def embedded_model_path(name: str = "ict") -> Path:
+    """The file of an embedded face model (package data; see ``scripts/make_embedded_ict.py``).
+
+    Raises:
+        FileNotFoundError: if the package was installed without its data.
+    """
+    from importlib.resources import files
+
+    if name != "ict":
+        raise ValueError(f"no embedded face model named {name!r}; embedded: 'ict'")
+    path = Path(str(files("ifn.facemodel").joinpath(*EMBEDDED_ICT)))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: the embedded ICT-FaceKit model is missing from this installation "
+            "(regenerate it with `python scripts/make_embedded_ict.py ICT-FaceKit-master.zip`)"
+        )
+    return path
+
+
 def load_face_model(spec: str | os.PathLike[str]) -> FaceModel:
-    """Resolve a face model by name or path: ``"procedural"`` or a native ``.npz`` file.
+    """Resolve a face model by name or path: ``"procedural"``, ``"ict"`` or a native ``.npz`` file.
+
+    ``"ict"`` is the compact ICT-FaceKit model shipped inside the package (MIT licence,
+    notice beside it); it needs no download.
 
     Raises:
         FileNotFoundError: if ``spec`` is neither a built-in name nor an existing file.
@@ -426,11 +529,14 @@ def load_face_model(spec: str | os.PathLike[str]) -> FaceModel:
         from ifn.facemodel.procedural import procedural_face_model
 
         return procedural_face_model()
+    if str(spec) == "ict":
+        return FaceModel.load(embedded_model_path("ict"))
     path = Path(spec).expanduser()
     if not path.exists():
         raise FileNotFoundError(
-            f"face model {str(spec)!r} is neither the built-in 'procedural' model nor an existing file; "
-            "convert ICT-FaceKit with `ifn facemodel convert ict <zip> -o <file>.npz`"
+            f"face model {str(spec)!r} is neither a built-in name ({', '.join(BUILTIN_FACE_MODELS)}) nor an "
+            "existing file; convert one with `ifn facemodel convert {ict,bfm2009,bfm2017,bfm2019,flame} "
+            "SOURCE... -o <file>.npz`"
         )
     return FaceModel.load(path)
 
@@ -444,7 +550,7 @@ def build_face_model(
     Every call returns a new model.
 
     Args:
-        spec: ``"procedural"`` or a native ``.npz`` file.
+        spec: ``"procedural"``, ``"ict"`` or a native ``.npz`` file.
         n_shape: θs size.
         n_expression: θe size.
         n_reflectance: θr size.
@@ -501,6 +607,18 @@ def _validate(arrays: dict[str, Tensor], *, check_orthonormal: bool) -> None:
         raise ValueError(f"landmark_indices must be ({NUM_LANDMARKS},), got {tuple(landmarks.shape)}")
     if landmarks.min() < 0 or landmarks.max() >= n_vertices:
         raise ValueError(f"landmark indices must lie in [0, {n_vertices})")
+    if "landmark_triangles" in arrays:
+        tri_ids, weights = arrays["landmark_triangles"], arrays["landmark_barycentrics"]
+        if tri_ids.shape != (NUM_LANDMARKS,) or weights.shape != (NUM_LANDMARKS, 3):
+            raise ValueError(
+                f"landmark_triangles must be ({NUM_LANDMARKS},) and landmark_barycentrics ({NUM_LANDMARKS}, 3), "
+                f"got {tuple(tri_ids.shape)} and {tuple(weights.shape)}"
+            )
+        if tri_ids.min() < 0 or tri_ids.max() >= triangles.shape[0]:
+            raise ValueError(f"landmark triangles must lie in [0, {triangles.shape[0]})")
+        # Tolerances of float16 storage: weights are read back from 11-bit mantissas.
+        if (weights < -1e-3).any() or ((weights.sum(dim=1) - 1.0).abs() > 2e-3).any():
+            raise ValueError("landmark_barycentrics must be >= 0 and sum to 1 per landmark")
     mask = arrays["face_mask"]
     if mask.shape != (n_vertices,):
         raise ValueError(f"face_mask must be ({n_vertices},), got {tuple(mask.shape)}")

@@ -110,7 +110,8 @@ class RenderOutput:
         image: ``(B, 3, H, W)`` RGB in [0, 1], black outside the face region.
         mask: ``(B, 1, H, W)`` 1 where the face region is drawn (with ``clip_to_landmarks``:
             the rasterized faces within their landmark region).
-        landmarks: ``(B, 68, 2)`` projected landmark vertices in output pixels.
+        landmarks: ``(B, 68, 2)`` projected landmarks (vertices or points on triangles) in
+            output pixels.
         vertices: ``(B, V, 3)`` posed vertices (rotated about the face centre), millimetres.
         screen_vertices: ``(B, V, 3)`` ``(x_px, y_px, depth_mm)`` as rasterized.
         fragments: the rasterizer's coverage (before any clip), per-pixel triangle ids (into
@@ -341,11 +342,18 @@ class FaceRenderer(nn.Module):
     def project(self, vertices: Tensor) -> tuple[Tensor, Tensor]:
         """Perspective projection and landmark framing of posed vertices.
 
+        Landmarks that are vertices are read off the projected vertices; barycentric ones
+        (points on triangles) are placed in 3D first and then projected, because perspective
+        does not preserve barycentric weights.
+
         Returns:
             ``(B, V, 3)`` screen vertices ``(x_px, y_px, depth)`` and ``(B, 68, 2)`` landmarks.
         """
         image_plane, depth = perspective_project(vertices, self.camera_distance)
-        landmarks = image_plane[:, self.face_model.landmark_indices]
+        if self.face_model.has_barycentric_landmarks:
+            landmarks, _ = perspective_project(self.face_model.landmark_points(vertices), self.camera_distance)
+        else:
+            landmarks = image_plane[:, self.face_model.landmark_indices]
         scale, offset = framing_transform(landmarks, (self.image_size, self.image_size), self.margin)
         screen_xy = apply_framing(image_plane, scale, offset)
         return torch.cat([screen_xy, depth.unsqueeze(-1)], dim=-1), apply_framing(landmarks, scale, offset)

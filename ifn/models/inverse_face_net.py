@@ -9,6 +9,8 @@ loaded.
 
 from __future__ import annotations
 
+import inspect
+
 import os
 from typing import Any
 
@@ -167,7 +169,11 @@ class InverseFaceNet(L.LightningModule):
             overrides["face_model"] = face_model
         renderer = settings.replace(**overrides).build_renderer()
         check_face_model(checkpoint, renderer, str(path))
-        model = cls(renderer, **checkpoint.get("hyper_parameters", {}))
+        # Only this class's own arguments: LightningCLI also records its bookkeeping
+        # (``_instantiator``, ``_class_path``) among the hyper-parameters.
+        accepted = inspect.signature(cls.__init__).parameters
+        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted and k != "renderer"}
+        model = cls(renderer, **hparams)
         model.load_state_dict(checkpoint["state_dict"])
         return model.eval()
 

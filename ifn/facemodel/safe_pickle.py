@@ -2,9 +2,10 @@
 
 FLAME's ``generic_model.pkl`` is a pickled dict of NumPy arrays, chumpy ``Ch`` objects and a
 SciPy sparse matrix, often written by Python 2; its landmark embedding ``.npy`` is a pickled
-dict inside an object array. A plain ``pickle.load`` (or ``np.load(allow_pickle=True)``)
-would run whatever callable the file names. :class:`RestrictedUnpickler` resolves only the
-globals needed to rebuild arrays and refuses every other one *before* anything is called:
+dict inside an object array. Unrestricted unpickling (the ``pickle`` module's loaders, or
+NumPy's loaders with pickles allowed) would run whatever callable the file names.
+:class:`RestrictedUnpickler` resolves only the globals needed to rebuild arrays and refuses
+every other one *before* anything is called:
 
 * NumPy array and scalar reconstruction (``numpy.core.multiarray._reconstruct``,
   ``numpy.ndarray``, ``numpy.dtype``, ``numpy.core.multiarray.scalar``; also under
@@ -13,6 +14,7 @@ globals needed to rebuild arrays and refuses every other one *before* anything i
   plain array it holds (its ``x``) — chumpy need not be installed and none of its code runs;
 * ``scipy.sparse`` ``csc_matrix`` / ``csr_matrix`` (old and new module paths): a stand-in
   too, densified from its ``data`` / ``indices`` / ``indptr`` / ``shape`` by this module;
+* ``set`` and ``frozenset`` (a pickled ``Ch`` holds a set of variable names);
 * ``copyreg._reconstructor`` (``copy_reg`` in Python 2) only for those stand-ins on
   ``object``, and ``_codecs.encode`` only with the ``latin1`` codec (how Python 3 pickles
   ``bytes`` at protocol 2).
@@ -28,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import os
 import pickle
@@ -156,9 +159,17 @@ class RestrictedUnpickler(pickle.Unpickler):
             ("copyreg", "_reconstructor"): _reconstructor,
             ("_codecs", "encode"): _latin1_encode,
             ("builtins", "object"): object,
+            # A chumpy Ch's pickled state holds a set of dirty variable names.
+            ("builtins", "set"): set,
+            ("builtins", "frozenset"): frozenset,
         }
 
     def find_class(self, module: str, name: str) -> Any:
+        # Python 2 names (copy_reg, __builtin__), mapped as pickle's own fix_imports does.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         try:
             return self._allowed[(module, name)]
         except KeyError:

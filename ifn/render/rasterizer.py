@@ -1,9 +1,14 @@
-"""One rasterizer interface, two backends, shared attribute interpolation.
+"""One rasterizer interface, three backends, shared attribute interpolation.
 
 A rasterizer turns screen-space triangles into :class:`Fragments` (which triangle covers
 each pixel centre, with which barycentric weights). Everything after that —
 interpolation, shading, masks — is backend-independent code in this module and in
 :mod:`ifn.render.renderer`.
+
+Backends: ``torch`` (pure PyTorch, any device: the reference), ``cpp`` (the same
+Fragments from a compiled CPU kernel, :mod:`ifn.render.raster_cpp`) and ``nvdiffrast``
+(CUDA). ``auto`` takes nvdiffrast on CUDA and, on the CPU, the kernel named by
+``IFN_RASTER_KERNEL`` (``auto``: compiled, else torch with one warning).
 
 Convention:
     Screen-space vertices are ``(x_px, y_px, depth)``: continuous pixel coordinates
@@ -23,7 +28,7 @@ from torch import Tensor
 __all__ = ["BACKENDS", "Fragments", "Rasterizer", "create_rasterizer", "interpolate"]
 
 #: Names accepted by :func:`create_rasterizer` (``auto`` picks per device).
-BACKENDS: tuple[str, ...] = ("auto", "torch", "nvdiffrast")
+BACKENDS: tuple[str, ...] = ("auto", "torch", "cpp", "nvdiffrast")
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,9 @@ def _check_rasterizer_inputs(vertices: Tensor, triangles: Tensor, image_size: tu
 def interpolate(attributes: Tensor, fragments: Fragments, triangles: Tensor) -> Tensor:
     """Interpolate per-vertex attributes at every covered pixel.
 
-    Differentiable with respect to ``attributes`` on every backend.
+    Differentiable with respect to ``attributes`` on every backend. On the CPU, when the
+    compiled kernel is selected (see :mod:`ifn.render.raster_cpp`) and the barycentrics
+    carry no gradient, a C++ loop computes the same values bit for bit, and the backward.
 
     Args:
         attributes: ``(B, V, C)`` per-vertex values.
@@ -86,10 +93,27 @@ def interpolate(attributes: Tensor, fragments: Fragments, triangles: Tensor) -> 
     Returns:
         ``(B, C, H, W)`` interpolated values, zero where no triangle covers the pixel.
     """
-    batch, _, channels = attributes.shape
+    batch = attributes.shape[0]
     tri_id = fragments.triangle_id
     if tri_id.shape[0] != batch:
         raise ValueError(f"attributes batch {batch} != fragments batch {tri_id.shape[0]}")
+    if (
+        attributes.device.type == "cpu"
+        and tri_id.device.type == "cpu"
+        and attributes.dtype in (torch.float32, torch.float64)
+        and not fragments.barycentric.requires_grad
+    ):
+        from ifn.render.raster_cpp import cpu_kernel, interpolate_cpp
+
+        if cpu_kernel() == "cpp":
+            return interpolate_cpp(attributes, fragments, triangles)
+    return _interpolate_torch(attributes, fragments, triangles)
+
+
+def _interpolate_torch(attributes: Tensor, fragments: Fragments, triangles: Tensor) -> Tensor:
+    """The pure-PyTorch :func:`interpolate` (any device; the reference of the compiled one)."""
+    batch, _, channels = attributes.shape
+    tri_id = fragments.triangle_id
     _, height, width = tri_id.shape
     n_triangles = triangles.shape[0]
     # One table row per (image, triangle) holding its three corners' values, plus a zero row
@@ -119,18 +143,33 @@ def create_rasterizer(backend: str, device: torch.device | str) -> Rasterizer:
     """Build a rasterizer by name.
 
     Args:
-        backend: ``"torch"`` (any device), ``"nvdiffrast"`` (CUDA only) or ``"auto"``
-            (nvdiffrast on CUDA when it imports and builds, otherwise torch).
+        backend: ``"torch"`` (any device), ``"cpp"`` (CPU only, compiled on first use),
+            ``"nvdiffrast"`` (CUDA only) or ``"auto"``: nvdiffrast on CUDA when it imports
+            and builds, otherwise torch; on the CPU the kernel named by ``IFN_RASTER_KERNEL``
+            (``auto``, the default: cpp, or torch with one logged warning if it cannot be
+            built; ``cpp``; ``torch``).
         device: the device the rasterizer will run on.
 
     Raises:
-        ValueError: for an unknown backend name.
-        RuntimeError: if nvdiffrast is forced but cannot run on ``device``.
+        ValueError: for an unknown backend name, or ``cpp`` on a non-CPU device.
+        RuntimeError: if nvdiffrast or cpp is forced but cannot run.
     """
     device = torch.device(device)
     if backend not in BACKENDS:
         raise ValueError(f"unknown rasterizer backend {backend!r}; choose one of {BACKENDS}")
     if backend == "torch":
+        from ifn.render.raster_torch import TorchRasterizer
+
+        return TorchRasterizer()
+    if backend == "cpp" or (backend == "auto" and device.type == "cpu"):
+        from ifn.render.raster_cpp import CppRasterizer, cpu_kernel
+
+        if backend == "cpp":
+            if device.type != "cpu":
+                raise ValueError(f"the cpp rasterizer runs on the CPU only, got device {device}")
+            return CppRasterizer()
+        if cpu_kernel() == "cpp":
+            return CppRasterizer()
         from ifn.render.raster_torch import TorchRasterizer
 
         return TorchRasterizer()

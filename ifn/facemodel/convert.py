@@ -388,6 +388,10 @@ def build_face_model_from_source(src: SourceModel, *, crop: bool = True) -> Face
             landmarks = Landmarks(triangles=landmarks.triangles, weights=landmarks.weights[:, ::-1].copy())
 
     mask, mask_report = landmark_face_mask(mean, triangles, points, int(anchors[30]))
+    # A barycentric jaw landmark lies on the outline, its heaviest corner just outside or inside:
+    # the landmark vertices are part of the face either way.
+    mask_report["landmark_vertices_added"] = int((~mask[anchors]).sum())
+    mask[anchors] = True
     if not mask[triangles].all(axis=1).any():
         raise ValueError(f"{label}: no triangle lies inside the landmark face outline")
     keep = np.arange(n_vertices)

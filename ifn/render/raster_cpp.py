@@ -247,7 +247,8 @@ class _InterpolateBackward(torch.autograd.Function):
     def forward(ctx: Any, grad: Tensor, triangle_id: Tensor, barycentric: Tensor, triangles: Tensor,
                 n_vertices: int) -> Tensor:
         ctx.save_for_backward(triangle_id, barycentric, triangles)
-        return _ops().interpolate_backward(grad.contiguous(), triangle_id, barycentric, triangles, n_vertices)
+        # Any layout: the kernel reads the gradient through its strides.
+        return _ops().interpolate_backward(grad, triangle_id, barycentric, triangles, n_vertices)
 
     @staticmethod
     def backward(ctx: Any, grad_attr: Tensor) -> tuple[Tensor | None, ...]:

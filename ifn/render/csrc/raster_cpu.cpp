@@ -305,41 +305,47 @@ at::Tensor interpolate(const at::Tensor& attributes, const at::Tensor& triangle_
 }
 
 template <typename T>
-void interpolate_backward_images(const T* grad, const int64_t* ids, const float* bary, const int64_t* tris,
-                                 int64_t n_faces, int64_t n_vertices, int64_t channels, int64_t n_pixels,
-                                 int64_t batch, T* out) {
-  // One image per task: each owns its slice of the (B, V, C) gradient, so no atomics.
+void interpolate_backward_images(const T* grad, const int64_t* grad_strides, const int64_t* ids, const float* bary,
+                                 const int64_t* tris, int64_t n_faces, int64_t n_vertices, int64_t channels,
+                                 int64_t height, int64_t width, int64_t batch, T* out) {
+  // The gradient is read through its strides (usually those of an NCHW tensor), so no
+  // layout copy is made. One image per task: each owns its slice of the (B, V, C)
+  // gradient, so no atomics.
+  const int64_t sb = grad_strides[0], sh = grad_strides[1], sw = grad_strides[2], sc = grad_strides[3];
+  const int64_t n_pixels = height * width;
   for_each_image(batch, [] { return 0; }, [&](int, int64_t b) {
-    {
-      T* g_attr = out + b * n_vertices * channels;
-      for (int64_t p = b * n_pixels; p < (b + 1) * n_pixels; ++p) {
+    T* g_attr = out + b * n_vertices * channels;
+    for (int64_t i = 0; i < height; ++i) {
+      for (int64_t j = 0; j < width; ++j) {
+        const int64_t p = b * n_pixels + i * width + j;
         const int64_t id = ids[p];
         if (id < 0 || id >= n_faces) continue;
-        const T* g = grad + p * channels;
+        const T* g = grad + b * sb + i * sh + j * sw;
         for (int k = 0; k < 3; ++k) {
           const T w = static_cast<T>(bary[3 * p + k]);
           T* dst = g_attr + tris[3 * id + k] * channels;
-          for (int64_t c = 0; c < channels; ++c) dst[c] += w * g[c];
+          for (int64_t c = 0; c < channels; ++c) dst[c] += w * g[c * sc];
         }
       }
     }
   });
 }
 
-// (B, H, W, C) gradient of the values -> (B, V, C) gradient of the attributes.
+// (B, H, W, C) gradient of the values (any strides) -> (B, V, C) gradient of the attributes.
 at::Tensor interpolate_backward(const at::Tensor& grad, const at::Tensor& triangle_id, const at::Tensor& barycentric,
                                 const at::Tensor& triangles, int64_t n_vertices) {
-  TORCH_CHECK(grad.device().is_cpu() && grad.dim() == 4 && grad.is_contiguous(),
-              "grad must be contiguous (B, H, W, C) on the CPU");
+  TORCH_CHECK(grad.device().is_cpu() && grad.dim() == 4, "grad must be (B, H, W, C) on the CPU");
   const int64_t batch = grad.size(0), channels = grad.size(3);
   check_fragments(triangle_id, barycentric, batch);
+  TORCH_CHECK(grad.size(1) == triangle_id.size(1) && grad.size(2) == triangle_id.size(2),
+              "grad and triangle_id sizes differ");
   check_triangles(triangles, n_vertices);
   at::Tensor out = at::zeros({batch, n_vertices, channels}, grad.options());
-  const int64_t n_pixels = triangle_id.size(1) * triangle_id.size(2);
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "ifn_interpolate_backward", [&] {
-    interpolate_backward_images<scalar_t>(grad.const_data_ptr<scalar_t>(), triangle_id.const_data_ptr<int64_t>(),
-                                          barycentric.const_data_ptr<float>(), triangles.const_data_ptr<int64_t>(),
-                                          triangles.size(0), n_vertices, channels, n_pixels, batch,
+    interpolate_backward_images<scalar_t>(grad.const_data_ptr<scalar_t>(), grad.strides().data(),
+                                          triangle_id.const_data_ptr<int64_t>(), barycentric.const_data_ptr<float>(),
+                                          triangles.const_data_ptr<int64_t>(), triangles.size(0), n_vertices,
+                                          channels, triangle_id.size(1), triangle_id.size(2), batch,
                                           out.mutable_data_ptr<scalar_t>());
   });
   return out;

@@ -23,6 +23,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -124,48 +125,48 @@ void rasterize_image(const float* verts, const int64_t* tris, int64_t n_vertices
       biased[k] = e[k] + top_left - 1;
     }
 
-    bool planes_ready = false;
-    float plane[3] = {0.0f, 0.0f, 0.0f};
-    const int32_t low = static_cast<int32_t>(n_faces - 1 - f);
-    // Float copies of the cell offsets (exact: small integers) avoid an int-to-float
-    // conversion per cell.
+    // Perspective weights n_k(p) / |2A| / w_k are affine on the screen; so is their sum,
+    // 1/depth. Rounded as the torch path rounds them.
+    float plane[3];
+    {
+      const float recip = 1.0f / std::fabs(static_cast<float>(twice_area));
+      float ef[3][3];  // [origin, d/dj, d/di][vertex k]
+      for (int k = 0; k < 3; ++k) {
+        const float siw = inv_w[vi[k]] * recip;
+        ef[0][k] = static_cast<float>(e[k]) * siw;
+        ef[1][k] = static_cast<float>(step_j[k]) * siw;
+        ef[2][k] = static_cast<float>(step_i[k]) * siw;
+      }
+      for (int r = 0; r < 3; ++r) plane[r] = ((0.0f + ef[r][0]) + ef[r][1]) + ef[r][2];
+      float* t = table.data() + kTable * f;
+      t[0] = ef[0][1];
+      t[1] = ef[1][1];
+      t[2] = ef[2][1];
+      t[3] = ef[0][2];
+      t[4] = ef[1][2];
+      t[5] = ef[2][2];
+      t[6] = static_cast<float>(j0);
+      t[7] = static_cast<float>(i0);
+    }
+    const uint64_t low = static_cast<uint32_t>(static_cast<int32_t>(n_faces - 1 - f));
+    // Branch-free cells: whether a cell is covered is close to random for small
+    // triangles, so a mask and a max beat a mispredicted branch.
     float fdi = 0.0f;
     for (int64_t di = 0; di < box_h; ++di, fdi += 1.0f) {
       int64_t E0 = biased[0] + step_i[0] * di;
       int64_t E1 = biased[1] + step_i[1] * di;
       int64_t E2 = biased[2] + step_i[2] * di;
       int64_t* zrow = zbuf.data() + (i0 + di) * width + j0;
+      const float z_row = madd<FUSED>(plane[2], fdi, plane[0]);
       float fdj = 0.0f;
       for (int64_t dj = 0; dj < box_w; ++dj, fdj += 1.0f, E0 += step_j[0], E1 += step_j[1], E2 += step_j[2]) {
-        if ((E0 | E1 | E2) < 0) continue;
-        if (!planes_ready) {
-          // Perspective weights n_k(p) / |2A| / w_k are affine on the screen; so is their
-          // sum, 1/depth. Rounded as the torch path rounds them.
-          planes_ready = true;
-          const float recip = 1.0f / std::fabs(static_cast<float>(twice_area));
-          float ef[3][3];  // [origin, d/dj, d/di][vertex k]
-          for (int k = 0; k < 3; ++k) {
-            const float siw = inv_w[vi[k]] * recip;
-            ef[0][k] = static_cast<float>(e[k]) * siw;
-            ef[1][k] = static_cast<float>(step_j[k]) * siw;
-            ef[2][k] = static_cast<float>(step_i[k]) * siw;
-          }
-          for (int r = 0; r < 3; ++r) plane[r] = ((0.0f + ef[r][0]) + ef[r][1]) + ef[r][2];
-          float* t = table.data() + kTable * f;
-          t[0] = ef[0][1];
-          t[1] = ef[1][1];
-          t[2] = ef[2][1];
-          t[3] = ef[0][2];
-          t[4] = ef[1][2];
-          t[5] = ef[2][2];
-          t[6] = static_cast<float>(j0);
-          t[7] = static_cast<float>(i0);
-        }
-        const float z = madd<FUSED>(plane[2], fdi, plane[0]) + plane[1] * fdj;
+        const float z = z_row + plane[1] * fdj;
         uint32_t bits;
         std::memcpy(&bits, &z, sizeof bits);
-        const int64_t key = static_cast<int64_t>((static_cast<uint64_t>(bits) << 32) | static_cast<uint32_t>(low));
-        if (key > zrow[dj]) zrow[dj] = key;
+        const int64_t key = static_cast<int64_t>((static_cast<uint64_t>(bits) << 32) | low);
+        const int64_t outside = (E0 | E1 | E2) >> 63;  // all ones where not covered
+        const int64_t masked = (key & ~outside) | (outside & std::numeric_limits<int64_t>::min());
+        zrow[dj] = std::max(zrow[dj], masked);
       }
     }
   }

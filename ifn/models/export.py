@@ -443,7 +443,12 @@ def export_model(
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
-    """``model.onnx`` → ``model.onnx.json``: the metadata written beside an export."""
+    """``model.onnx`` → ``model.onnx.json``: the metadata written beside an export.
+
+    Example:
+        >>> sidecar_path("exports/ifn.onnx").as_posix()
+        'exports/ifn.onnx.json'
+    """
     path = Path(path)
     return path.with_name(path.name + ".json")
 

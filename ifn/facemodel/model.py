@@ -534,8 +534,8 @@ def load_face_model(spec: str | os.PathLike[str]) -> FaceModel:
     path = Path(spec).expanduser()
     if not path.exists():
         raise FileNotFoundError(
-            f"face model {str(spec)!r} is neither a built-in name ({', '.join(BUILTIN_FACE_MODELS)}) nor an "
-            "existing file; convert one with `ifn facemodel convert {ict,bfm2009,bfm2017,bfm2019,flame} "
+            f"face model {str(spec)!r} is neither the built-in 'procedural' model, the embedded 'ict' model nor "
+            "an existing file; convert one with `ifn facemodel convert {ict,bfm2009,bfm2017,bfm2019,flame} "
             "SOURCE... -o <file>.npz`"
         )
     return FaceModel.load(path)

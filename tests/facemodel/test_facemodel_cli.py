@@ -135,7 +135,7 @@ def test_embedded_ict_loads_by_name_and_is_small(capsys):
 def test_existing_names_and_hashes_are_unchanged():
     # The procedural model's content hash is what checkpoints already store (README: f4654d6cec48).
     assert build_face_model("procedural", 5, 5, 10).sha256.startswith("f4654d6cec48")
-    with pytest.raises(FileNotFoundError, match="neither a built-in name"):
+    with pytest.raises(FileNotFoundError, match="neither the built-in 'procedural' model, the embedded 'ict' model"):
         load_face_model("no-such-model")
 
 

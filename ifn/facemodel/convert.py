@@ -292,7 +292,7 @@ def mesh_components(n_vertices: int, triangles: np.ndarray) -> np.ndarray:
 
 def landmark_face_mask(
     vertices: np.ndarray, triangles: np.ndarray, landmarks: np.ndarray, nose_vertex: int
-) -> tuple[np.ndarray, dict[str, Any]]:
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The face region of a neutral mesh: what the landmark crop of a photo covers.
 
     A vertex is a candidate if its frontal (x, y) projection lies inside or on the
@@ -309,7 +309,8 @@ def landmark_face_mask(
         nose_vertex: a vertex at the nose tip (landmark 30), seed of the face component.
 
     Returns:
-        ``(V,)`` bool mask and a report (counts) for the metadata.
+        ``(V,)`` bool mask, ``(V,)`` bool "separate component" (the eyeballs among the mask)
+        and a report (counts) for the metadata.
     """
     polygon = landmarks[list(FACE_OUTLINE), :2]
     inside = points_in_polygon(torch.from_numpy(vertices[:, :2]), torch.from_numpy(polygon)).numpy()
@@ -336,10 +337,35 @@ def landmark_face_mask(
         "mouth_interior_vertices": int(mouth_interior.sum()),
         "dropped_disconnected_vertices": int((candidate & ~mask).sum()),
     }
-    return mask, report
+    return mask, mask & separate, report
 
 
 # ------------------------------------------------------------------------------ builder
+def _eye_weights(vertices: np.ndarray, eyes: np.ndarray) -> dict[str, np.ndarray]:
+    """Sclera / iris / pupil weights on the separate components kept in the face (eyeballs).
+
+    Per connected group of ``eyes`` vertices (split left/right of the face's centre line):
+    the iris is the cap within :data:`~ifn.facemodel.ict.LIMBUS_DEG` of the +z axis through
+    the group's centroid, the pupil the cap within a third of that angle.
+    """
+    from ifn.facemodel.ict import LIMBUS_DEG
+
+    out = {name: np.zeros(len(vertices)) for name in ("sclera", "iris", "pupil")}
+    if not eyes.any():
+        return {}
+    middle = float(np.median(vertices[:, 0]))
+    for side in (vertices[:, 0] < middle, vertices[:, 0] >= middle):
+        group = eyes & side
+        if not group.any():
+            continue
+        rel = vertices[group] - vertices[group].mean(axis=0)
+        cos = rel[:, 2] / np.maximum(np.linalg.norm(rel, axis=1), 1e-12)
+        out["sclera"][group] = 1.0
+        out["iris"][group] = (cos > np.cos(np.radians(LIMBUS_DEG))).astype(np.float64)
+        out["pupil"][group] = (cos > np.cos(np.radians(LIMBUS_DEG / 3.0))).astype(np.float64)
+    return out
+
+
 def build_face_model_from_source(src: SourceModel, *, crop: bool = True) -> FaceModel:
     """Turn a :class:`SourceModel` into a :class:`FaceModel` (steps in the module docstring).
 
@@ -387,7 +413,7 @@ def build_face_model_from_source(src: SourceModel, *, crop: bool = True) -> Face
         if landmarks.barycentric:
             landmarks = Landmarks(triangles=landmarks.triangles, weights=landmarks.weights[:, ::-1].copy())
 
-    mask, mask_report = landmark_face_mask(mean, triangles, points, int(anchors[30]))
+    mask, separate, mask_report = landmark_face_mask(mean, triangles, points, int(anchors[30]))
     # A barycentric jaw landmark lies on the outline, its heaviest corner just outside or inside:
     # the landmark vertices are part of the face either way.
     mask_report["landmark_vertices_added"] = int((~mask[anchors]).sum())
@@ -435,8 +461,10 @@ def build_face_model_from_source(src: SourceModel, *, crop: bool = True) -> Face
         refl_basis, refl_std = bases["reflectance"]
         reflectance_kind = "measured"
     else:
-        weights = landmark_region_weights(neutral, points)
-        prior = build_reflectance_prior(neutral, weights, spatial_region=face_mask)
+        eyes = separate[keep]
+        weights = landmark_region_weights(neutral, points, candidates=~eyes)
+        weights.update(_eye_weights(neutral, eyes))
+        prior = build_reflectance_prior(neutral, weights, spatial_region=face_mask & ~eyes)
         refl_mean, refl_basis, refl_std = prior.mean, prior.basis, prior.std
         reflectance_kind = "prior"
         extra["reflectance_in_range_fraction"] = in_range_fraction(prior)

@@ -14,12 +14,15 @@ model can be checked against values computed here by hand:
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
+import struct
 import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -197,8 +200,39 @@ class _FakeCh:
         return dict(self.__dict__)
 
 
-def fake_chumpy_pickle(obj: object, protocol: int = 2) -> bytes:
-    """Pickle ``obj`` with :class:`_FakeCh` recorded as ``chumpy.ch.Ch``."""
+class Py2Pickler(pickle._Pickler):
+    """Writes ``bytes`` and ASCII ``str`` as Python 2 ``str`` opcodes (SHORT_BINSTRING /
+    BINSTRING), as Python 2's pickle did: what a Python 2 FLAME pickle holds."""
+
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
+
+    def _save_py2_str(self, obj: bytes | str) -> None:
+        data = obj.encode("ascii") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    def _save_str(self, obj: str) -> None:
+        if obj.isascii():
+            self._save_py2_str(obj)
+        else:
+            pickle._Pickler.dispatch[str](self, obj)
+
+    dispatch[bytes] = _save_py2_str
+    dispatch[str] = _save_str
+
+
+def py2_pickle(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    Py2Pickler(buffer, protocol=2, fix_imports=True).dump(obj)
+    return buffer.getvalue()
+
+
+def fake_chumpy_pickle(obj: object, protocol: int = 2, py2: bool = True) -> bytes:
+    """Pickle ``obj`` with :class:`_FakeCh` recorded as ``chumpy.ch.Ch`` (at protocol 2, as
+    Python 2 wrote it unless ``py2=False``)."""
     pkg, mod = types.ModuleType("chumpy"), types.ModuleType("chumpy.ch")
     cls = type("Ch", (_FakeCh,), {"__module__": "chumpy.ch", "__qualname__": "Ch"})
     mod.Ch = cls
@@ -212,8 +246,10 @@ def fake_chumpy_pickle(obj: object, protocol: int = 2) -> bytes:
                 return out
             return value
 
-        return pickle.dumps({k: convert(v) for k, v in obj.items()} if isinstance(obj, dict) else obj,
-                            protocol=protocol)
+        value = {k: convert(v) for k, v in obj.items()} if isinstance(obj, dict) else obj
+        if protocol == 2 and py2:
+            return py2_pickle(value)
+        return pickle.dumps(value, protocol=protocol)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -224,8 +260,10 @@ def fake_chumpy_pickle(obj: object, protocol: int = 2) -> bytes:
 
 @pytest.fixture(scope="session")
 def fake_chumpy_pickle_fn():
-    """:func:`fake_chumpy_pickle`, with the fake class as ``.Ch`` (to wrap arrays)."""
+    """:func:`fake_chumpy_pickle`, with the fake class as ``.Ch`` (to wrap arrays) and the
+    Python 2 pickler as ``.py2``."""
     fake_chumpy_pickle.Ch = _FakeCh
+    fake_chumpy_pickle.py2 = py2_pickle
     return fake_chumpy_pickle
 
 
@@ -247,7 +285,7 @@ def landmark_triangles(f: FakeFace) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def flame_files(fake_face: FakeFace, tmp_path_factory) -> dict[str, Path]:
-    """generic_model.pkl (protocol 2, chumpy Ch, metres, scipy CSC J_regressor), DECA's
+    """generic_model.pkl (Python 2 protocol 2, chumpy Ch, metres, scipy CSC J_regressor), DECA's
     landmark_embedding.npy (object array), FLAME_albedo_from_BFM.npz (BGR, [0, 1], per-texel
     UVs at the vertices)."""
     import scipy.sparse

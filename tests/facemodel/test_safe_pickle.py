@@ -69,10 +69,20 @@ def test_numpy_arrays_scalars_and_python2_strings_load():
     assert safe_loads(b"\x80\x02}q\x00U\x03k\xe9yK\x01s.") == {"k\xe9y": 1}
 
 
+def test_python2_array_pickle_loads_with_latin1(fake_chumpy_pickle_fn):
+    # As Python 2 wrote it: the array's bytes and the keys are 2.x str (BINSTRING), no _codecs.
+    x = np.arange(300, dtype=np.float64).reshape(100, 3)
+    data = fake_chumpy_pickle_fn.py2({"v_template": x, "bs_style": "lbs"})
+    assert b"_codecs" not in data and pickle.BINSTRING in data
+    out = safe_loads(data)
+    np.testing.assert_array_equal(out["v_template"], x)
+    assert out["bs_style"] == "lbs"
+
+
 def test_chumpy_ch_becomes_its_array_without_chumpy(fake_chumpy_pickle_fn):
     x = np.arange(12.0).reshape(4, 3)
-    for protocol in (0, 2):
-        data = fake_chumpy_pickle_fn({"v": fake_chumpy_pickle_fn.Ch(x)}, protocol=protocol)
+    for protocol, py2 in ((0, False), (2, False), (2, True)):
+        data = fake_chumpy_pickle_fn({"v": fake_chumpy_pickle_fn.Ch(x)}, protocol=protocol, py2=py2)
         assert b"chumpy" in data
         out = safe_loads(data)
         assert type(out["v"]) is np.ndarray

@@ -22,8 +22,10 @@ Convention:
     and AVX-512 kernels do), the extension does too; this is probed at load time, not assumed.
 
 Example:
+    >>> from ifn.render.rasterizer import create_rasterizer
+    >>> rasterizer = create_rasterizer("auto", "cpu")  # "cpp" unless IFN_RASTER_KERNEL=torch
     >>> verts = torch.tensor([[[0.0, 0.0, 1.0], [4.0, 0.0, 1.0], [0.0, 4.0, 1.0]]])
-    >>> frags = CppRasterizer().rasterize(verts, torch.tensor([[0, 1, 2]]), (4, 4))
+    >>> frags = rasterizer.rasterize(verts, torch.tensor([[0, 1, 2]]), (4, 4))
     >>> frags.triangle_id[0]
     tensor([[ 0,  0,  0, -1],
             [ 0,  0, -1, -1],

@@ -1,6 +1,8 @@
 """Linear morphable face models: the ``FaceModel`` class and its native file format, face
-regions and landmarks, and the offline builders (the procedural model, the ICT-FaceKit
-importer and the painted albedo prior).
+regions and landmarks, and the offline builders (the procedural model, the importers of
+ICT-FaceKit (``ict.py``), the Basel Face Model (``bfm.py``) and FLAME (``flame.py``) with their
+shared steps (``convert.py``) and restricted unpickler (``safe_pickle.py``), the painted albedo
+prior), the embedded ICT-FaceKit model (``data/``) and the ``ifn facemodel`` command (``cli.py``).
 
 Public API::
 

@@ -7,8 +7,8 @@ It converts the zip with :func:`ifn.facemodel.ict.convert_ict` (the same importe
 renderer reads around it (renders of the kept part are unchanged), re-orthonormalises every
 basis on the kept vertices (an uncentred SVD of the σ-scaled modes, so the covariance on
 them is kept; each new mode signed like the original mode of the same index), and stores
-the float arrays as float16 in a compressed archive, with ICT-FaceKit's MIT licence next to
-it (``ICT-FaceKit-LICENSE.txt``). ``face_model: ict`` loads the result.
+the bases as float16 (mean shape and albedo as float32) in a compressed archive, with
+ICT-FaceKit's MIT licence next to it (``ICT-FaceKit-LICENSE.txt``). ``face_model: ict`` loads the result.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main() -> None:
     model = convert_ict(args.source)
     cropped, report = crop(model)
     meta = model.metadata
-    extra = {**meta.extra, "embedded": {**report, "storage": "float16, compressed", "rings": RINGS,
+    extra = {**meta.extra, "embedded": {**report, "storage": "bases float16, compressed", "rings": RINGS,
                                         "full_model_sha256": model.sha256}}
     cropped.metadata = FaceModelMetadata(**{
         **{f.name: getattr(meta, f.name) for f in dataclasses.fields(meta)},

@@ -178,3 +178,33 @@ def test_barycentric_landmark_projects_the_3d_point(toy_face_model, tmp_path):
     # Saved and loaded, the barycentric arrays come back.
     loaded = FaceModel.load(model.save(tmp_path / "bary.npz"))
     assert loaded.has_barycentric_landmarks and loaded.sha256 == model.sha256
+
+
+@pytest.mark.slow
+def test_embedded_ict_draws_the_same_face_as_the_full_conversion(shared_data, load_script):
+    """The embedded model is the full ICT conversion's face region: the same mean face and its
+    render, the same covariance on the kept vertices (up to the bases' float16 rounding)."""
+    from ifn.facemodel.ict import convert_ict
+
+    full = convert_ict(shared_data / "ICT-FaceKit-master.zip", progress=False)
+    embedded = load_face_model("ict")
+    cropped, report = load_script("make_embedded_ict").crop(full)
+    assert report["kept_vertices"] == embedded.n_vertices
+    np.testing.assert_array_equal(embedded.mean_shape.numpy(), cropped.mean_shape.numpy())  # float32 mean
+    layout = FaceRenderer(full, image_size=96, backend="torch").layout
+    theta = torch.zeros(2, layout.size)
+    light = layout.slices["illumination"].start
+    theta[:, light : light + 3] = 0.9  # white ambient light (SH band 0)
+    theta[1, 1] = 0.5  # yaw
+    a = FaceRenderer(full, image_size=96, backend="torch")(theta)
+    b = FaceRenderer(embedded, image_size=96, backend="torch")(theta)
+    assert torch.equal(a.landmarks, b.landmarks)
+    assert (a.mask != b.mask).float().mean() < 0.001
+    assert (a.image - b.image).abs().max() < 0.01
+    # Covariance of the first kept vertex's coordinates, full model vs embedded.
+    v_full = int(torch.cdist(embedded.mean_shape[:1], full.mean_shape).argmin())
+    cov_full = torch.einsum("k,ki,kj->ij", full.shape_std.double() ** 2, full.shape_basis[:, v_full].double(),
+                            full.shape_basis[:, v_full].double())
+    cov_emb = torch.einsum("k,ki,kj->ij", embedded.shape_std.double() ** 2, embedded.shape_basis[:, 0].double(),
+                           embedded.shape_basis[:, 0].double())
+    assert torch.allclose(cov_emb, cov_full, rtol=0.02, atol=1e-3 * float(cov_full.abs().max()))

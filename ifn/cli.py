@@ -41,6 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ifn.facemodel.cli import main as facemodel_main
 
             return facemodel_main(args[1:])
+        if args and args[0] == "reconstruct":
+            from ifn.reconstruct.cli import main as reconstruct_main
+
+            return reconstruct_main(args[1:])
+        if args and args[0] == "export":
+            from ifn.models.export import main as export_main
+
+            return export_main(args[1:])
         from ifn.lightning_cli import run_lightning_cli
 
         run_lightning_cli(argv)  # None: LightningCLI reads sys.argv itself

@@ -35,6 +35,7 @@ __all__ = [
     "path_text",
     "tensors_sha256",
     "writable",
+    "write_bytes_atomic",
     "write_csv_atomic",
     "write_json_atomic",
 ]
@@ -151,6 +152,13 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
+    with atomic_write(path) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:

@@ -128,3 +128,22 @@ def test_reconstruct_misuse_is_a_one_line_error(tmp_path, checkpoint, capsys):
         assert main(["reconstruct", str(photo), "--out", str(tmp_path / "o"), "--no-progress", *extra]) == 2, extra
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, err
+
+
+def test_reconstruct_reads_every_nth_frame_of_a_video(tmp_path, checkpoint, shared_data):
+    import cv2
+
+    frame = np.asarray(Image.open(shared_data / "faces" / "annotated68" / "lenna.png").convert("RGB"))[..., ::-1]
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (frame.shape[1], frame.shape[0]))
+    for _ in range(5):
+        writer.write(np.ascontiguousarray(frame))
+    writer.release()
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(video), "--ckpt_path", str(checkpoint), "--out", str(out), "--every", "2",
+                 "--mesh-format", "ply", "--no-progress"]) == 0  # fmt: skip
+    index = json.loads((out / "index.json").read_text())
+    assert [e["path"].rsplit("#", 1)[1] for e in index["paths"]] == ["frame0", "frame2", "frame4"]
+    assert all(e["status"] == "reconstructed" for e in index["paths"])
+    assert sorted(f["name"] for f in index["faces"]) == ["clip_f000000", "clip_f000002", "clip_f000004"]
+    assert (out / "clip_f000002" / "face_albedo.ply").is_file() and not (out / "clip_f000002" / "neutral.obj").exists()

@@ -23,14 +23,11 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from ifn.data.landmarks import Detection, LandmarkDetector, make_detector
+from ifn.data.listing import IMAGE_EXTENSIONS, find_images
 from ifn.data.photos import ImageReadError, ProcessedImage, load_crop, preprocess_file, resolve_cache_dir
 from ifn.io import PATH_ENCODING, atomic_write, path_text, writable
 
 __all__ = ["IMAGE_EXTENSIONS", "RealFaceCorpus", "list_images", "split_files"]
-
-#: File extensions taken as images (case-insensitive); the content decides how to decode.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
-
 
 def _sorted_unique(files: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Distinct paths in a platform-independent order, so splits and item order are reproducible."""
@@ -39,6 +36,9 @@ def _sorted_unique(files: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 def list_images(root: str | os.PathLike[str], extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """Image files under ``root``, recursively, in sorted (deterministic) order.
+
+    The images of :func:`ifn.data.listing.find_images` (symlinked folders followed once,
+    each file once); what it ignores or skips is not returned here.
 
     Args:
         root: a folder.
@@ -50,11 +50,7 @@ def list_images(root: str | os.PathLike[str], extensions: Iterable[str] = IMAGE_
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a folder")
-    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
-    return sorted(
-        (p for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file()),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+    return [found.path for found in find_images([root], extensions) if found.status == "image"]
 
 
 def split_files(

@@ -225,16 +225,19 @@ class CppRasterizer(Rasterizer):
             raise ValueError(f"the compiled rasterizer runs on the CPU, got {vertices.device} / {triangles.device}")
         n_vertices = vertices.shape[1]
         triangles = triangles.to(torch.int64).contiguous()
-        if triangles.numel():
-            lo, hi = torch.aminmax(triangles)
-            if int(lo) < 0 or int(hi) >= n_vertices:
-                raise ValueError(
-                    f"triangle indices must lie in [0, {n_vertices}) for vertices of shape "
-                    f"{tuple(vertices.shape)}, got [{int(lo)}, {int(hi)}]"
-                )
         verts = vertices.detach().to(torch.float32).contiguous()
         height, width = int(image_size[0]), int(image_size[1])
-        triangle_id, barycentric = _ops().rasterize(verts, triangles, height, width, _STATE["fused"][torch.float32])
+        fused = _STATE["fused"][torch.float32]
+        try:  # the kernel checks the indices (serially: no extra pass of torch threads)
+            triangle_id, barycentric = _ops().rasterize(verts, triangles, height, width, fused)
+        except RuntimeError as error:
+            if "triangle indices must lie" not in str(error):
+                raise
+            lo, hi = torch.aminmax(triangles)
+            raise ValueError(
+                f"triangle indices must lie in [0, {n_vertices}) for vertices of shape "
+                f"{tuple(vertices.shape)}, got [{int(lo)}, {int(hi)}]"
+            ) from None
         return Fragments(triangle_id, barycentric)
 
 

@@ -14,9 +14,12 @@ then the backward w.r.t. the colours of a given image gradient). ``renderer_fwd_
 is a whole :class:`FaceRenderer` forward + backward w.r.t. θ (pose, shape, SH shading,
 rasterization, interpolation) with that backend. The kernels are timed in turns inside the
 same loop, so load from other processes hits them alike; each figure is the minimum over
-``--repeats``, and the load average is recorded. At one thread, ``*_cpu_img_s`` divides
-by the process CPU time instead of the wall clock: what a quiet core would give. Prints
-one JSON object.
+``--repeats``, and the load average is recorded. ``*_cpu_img_s`` divides by the process
+CPU time (all threads) instead of the wall clock: at one thread what a quiet core gives.
+On a Linux machine with autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``)
+busy with other sessions, a process gets its session's share of the cores whatever its
+thread count, so only a quiet machine shows the gain of a second thread. Prints one JSON
+object.
 
 Example:
     python benchmarks/raster_compare.py --face-models /tmp/ict.npz procedural \\
@@ -179,11 +182,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                     }
                     for what, seconds in rows.items():
                         record[f"{what}_img_s"] = round(args.batch / seconds, 1)
-                    if threads == 1 or kernel == "sim3dr":
-                        # One thread's CPU time is what a quiet core would take (others'
-                        # load only stretches the wall clock), the same way for every kernel.
-                        for what in rows:
-                            record[f"{what}_cpu_img_s"] = round(args.batch / best_cpu[(kernel, what)], 1)
+                    # Images per CPU-second of the process (all its threads, spin-waits
+                    # included): unlike the wall clock, not stretched by other processes.
+                    # At one thread it is what a quiet core gives; at n threads, n times it
+                    # bounds what n quiet cores give, and its drop from one thread is the
+                    # cost of splitting the batch.
+                    for what in rows:
+                        record[f"{what}_cpu_img_s"] = round(args.batch / best_cpu[(kernel, what)], 1)
                     record["load_1min"] = [round(load_before, 2), round(load_after, 2)]
                     results.append(record)
             results.append({"face_model": model.name, "size": size, "fragments_identical": identical,

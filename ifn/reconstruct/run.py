@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from ifn.callbacks.predictions import theta_to_dict
 from ifn.data.listing import FoundPath, count_statuses, display_path, find_images
 from ifn.data.photos import ImageReadError, read_image
 from ifn.errors import UsageError
@@ -115,38 +116,32 @@ def output_names(paths: Sequence[str | os.PathLike[str]]) -> dict[str, str]:
     return out
 
 
-def theta_record(reconstructor: Reconstructor, face: FaceReconstruction) -> dict[str, Any]:
-    """θ of one face by named group, with units (what ``theta.json`` holds under ``"theta"``)."""
-    params = face.params
-    rotation = params.rotation[0].tolist()
-    names = ("alpha_pitch", "beta_yaw", "gamma_roll")
-    return {
-        "rotation_rad": dict(zip(names, rotation, strict=True)),
-        "rotation_deg": dict(zip(names, (math.degrees(r) for r in rotation), strict=True)),
-        "shape_sigma": params.shape[0].tolist(),
-        "expression_sigma": params.expression[0].tolist(),
-        "reflectance_sigma": params.reflectance[0].tolist(),
-        "illumination_sh_rgb": params.illumination[0].tolist(),
-        "layout": {
-            "shape": face.layout.n_shape,
-            "expression": face.layout.n_expression,
-            "reflectance": face.layout.n_reflectance,
-        },
-        "units": {
-            "rotation": "radians (and degrees), R = Rz(γ)·Ry(β)·Rx(α) about the face centre",
-            "shape/expression/reflectance": "coefficients in units of each mode's standard deviation σ",
-            "illumination": "9 second-order SH irradiance coefficients (rows) × RGB (columns)",
-            "meshes": "millimetres, +y up, +z towards the camera",
-        },
-        "flat": face.theta.tolist(),
+def theta_record(face: FaceReconstruction) -> dict[str, Any]:
+    """θ of one face by named group, with units and layout (``theta.json``'s ``"theta"``).
+
+    The groups are those ``ifn predict`` writes (:func:`ifn.callbacks.predictions.theta_to_dict`).
+    """
+    record = theta_to_dict(face.theta, face.layout)
+    record["layout"] = {
+        "shape": face.layout.n_shape,
+        "expression": face.layout.n_expression,
+        "reflectance": face.layout.n_reflectance,
     }
+    record["units"] = {
+        "rotation": "radians (and degrees), R = Rz(γ)·Ry(β)·Rx(α) about the face centre",
+        "shape/expression/reflectance": "coefficients in units of each mode's standard deviation σ",
+        "illumination_sh_rgb": "9 second-order SH irradiance coefficients (rows) × RGB (columns)",
+        "meshes": "millimetres, +y up, +z towards the camera",
+    }
+    return record
 
 
 def _png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
+    # Level 3: the default 6 costs several times more for photo-sized overlays, for a few % of size.
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=3)
     write_bytes_atomic(path, buffer.getvalue())
 
 
@@ -220,7 +215,7 @@ def write_face(
         "photo_size": {"height": int(photo.shape[0]), "width": int(photo.shape[1])},
         "face_index": face.face_index,
         "face_model": {"name": identity.name, "sha256": identity.sha256},
-        "theta": theta_record(reconstructor, face),
+        "theta": theta_record(face),
         "crop": {
             "size": reconstructor.image_size,
             "scale": crop.scale,
@@ -431,17 +426,23 @@ def reconstruct_paths(
     sources, entries = _sources(found, every)
     faces: list[dict[str, Any]] = []
     used: set[str] = set()
+    timing = {"read_and_detect": 0.0, "network_and_refine": 0.0, "write": 0.0}
     bar = tqdm(sources, desc="reconstruct", unit="photo", disable=not progress, dynamic_ncols=True)
     for source in bar:
         entry: dict[str, Any] = {"path": source.display, "status": "reconstructed", "reason": None, "faces": []}
         try:
+            tic = time.perf_counter()
             photo = read_image(source.path) if source.frame is None else _read_frame(source.path, source.frame)
             detection = reconstructor.detect(photo)
+            timing["read_and_detect"] += time.perf_counter() - tic
             if not detection.faces:
                 raise _Skip(detection.reason or "no face detected")
+            tic = time.perf_counter()
             recs = reconstructor.reconstruct_crops(
                 reconstructor.crops(photo, detection.faces), detection.faces, list(range(len(detection.faces)))
             )
+            timing["network_and_refine"] += time.perf_counter() - tic
+            tic = time.perf_counter()
             for face in recs:
                 name = source.name if len(recs) == 1 else f"{source.name}_{face.face_index}"
                 if name in used:  # e.g. a photo named "a_1" beside the second face of "a"
@@ -451,6 +452,7 @@ def reconstruct_paths(
                 files = write_face(reconstructor, face, photo, out / name, source.display, edits, mesh_formats)
                 faces.append({**_face_entry(face, name, source.display), "files": files})
                 entry["faces"].append(name)
+            timing["write"] += time.perf_counter() - tic
         except _Skip as skip:
             entry.update(status="skipped", reason=str(skip))
         except ImageReadError as err:
@@ -468,6 +470,7 @@ def reconstruct_paths(
         "paths_found": len(found),
         "listing": listed,
         "seconds": round(time.perf_counter() - started, 2),
+        "seconds_by_stage": {k: round(v, 2) for k, v in timing.items()},
     }
     if faces:
         summary["mean_photometric_error"] = float(np.mean([f["photometric_error"] for f in faces]))

@@ -191,6 +191,11 @@ def _ops() -> Any:
     return torch.ops.ifn_raster
 
 
+def _fused(dtype: torch.dtype) -> bool:
+    load_kernel()  # also in a process that unpickled a CppRasterizer without building it
+    return _STATE["fused"][dtype]
+
+
 class CppRasterizer(Rasterizer):
     """The compiled CPU rasterizer: the same :class:`Fragments` as ``TorchRasterizer``.
 
@@ -227,7 +232,7 @@ class CppRasterizer(Rasterizer):
         triangles = triangles.to(torch.int64).contiguous()
         verts = vertices.detach().to(torch.float32).contiguous()
         height, width = int(image_size[0]), int(image_size[1])
-        fused = _STATE["fused"][torch.float32]
+        fused = _fused(torch.float32)
         try:  # the kernel checks the indices (serially: no extra pass of torch threads)
             triangle_id, barycentric = _ops().rasterize(verts, triangles, height, width, fused)
         except RuntimeError as error:
@@ -269,7 +274,7 @@ class _Interpolate(torch.autograd.Function):
     def forward(ctx: Any, attributes: Tensor, triangle_id: Tensor, barycentric: Tensor, triangles: Tensor) -> Tensor:
         ctx.save_for_backward(triangle_id, barycentric, triangles)
         ctx.n_vertices = attributes.shape[1]
-        fused = _STATE["fused"][attributes.dtype]
+        fused = _fused(attributes.dtype)
         return _ops().interpolate(attributes.contiguous(), triangle_id, barycentric, triangles, fused)
 
     @staticmethod

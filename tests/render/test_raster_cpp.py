@@ -200,6 +200,28 @@ def test_bad_inputs_raise(cpp, verts_shape, tris, size, match) -> None:
         cpp.rasterize(torch.ones(verts_shape), tris, size)
 
 
+def test_unpickled_in_a_fresh_process(cpp, tmp_path) -> None:
+    # Data-loader workers and DDP ranks receive a pickled renderer; nothing was built there.
+    import pickle
+    import subprocess
+    import sys
+
+    (tmp_path / "r.pkl").write_bytes(pickle.dumps(cpp))
+    code = (
+        "import pickle, sys, torch\n"
+        "r = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+        "v = torch.tensor([[[0.0, 0.0, 1.0], [4.0, 0.0, 1.0], [0.0, 4.0, 1.0]]])\n"
+        "from ifn.render.raster_cpp import interpolate_cpp\n"
+        "f = r.rasterize(v, torch.tensor([[0, 1, 2]]), (4, 4))\n"
+        "print(r.name, int((f.triangle_id == 0).sum()), float(interpolate_cpp(torch.ones(1, 3, 1), f,"
+        " torch.tensor([[0, 1, 2]])).sum()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r.pkl")], capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["cpp", "6", "6.0"]
+
+
 def test_cpu_only() -> None:
     with pytest.raises(ValueError, match="CPU only"):
         create_rasterizer("cpp", "cuda")

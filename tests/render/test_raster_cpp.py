@@ -134,6 +134,13 @@ def test_random_triangle_soup_with_edge_cases(cpp, reference) -> None:
     v[:, 200:220] = v[:, 220:240]  # duplicates: equal depth, the lower id wins
     v[:, 240:250, :, 2] = 2.0  # one depth: ties between overlapping triangles
     assert_same(cpp, reference, verts, tris, (40, 48))
+    threads = torch.get_num_threads()
+    try:  # one image in bands of rows: triangles cut by band edges
+        torch.set_num_threads(3)
+        assert_same(cpp, reference, verts[:1], tris, (40, 48))
+        assert_same(cpp, reference, verts[1:2], tris, (64, 48))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_huge_and_full_screen_triangles(cpp, reference) -> None:
@@ -163,6 +170,18 @@ def test_face_mesh_batch_and_threads(cpp, reference) -> None:
             torch.set_num_threads(n)
             got = cpp.rasterize(screen, tris, (96, 96))
             assert torch.equal(got.triangle_id, want.triangle_id) and torch.equal(got.barycentric, want.barycentric)
+    finally:
+        torch.set_num_threads(threads)
+    colours = torch.rand(5, screen.shape[1], 3, generator=gen)
+    want_values = _interpolate_torch(colours, want, tris)
+    try:  # batches smaller than the thread count are split into bands of rows
+        for n, batch in ((1, 1), (2, 1), (3, 1), (3, 2), (7, 2), (16, 1)):
+            torch.set_num_threads(n)
+            got = cpp.rasterize(screen[:batch], tris, (96, 96))
+            assert torch.equal(got.triangle_id, want.triangle_id[:batch]), (n, batch)
+            assert torch.equal(got.barycentric, want.barycentric[:batch]), (n, batch)
+            values = raster_cpp.interpolate_cpp(colours[:batch], got, tris)
+            assert torch.equal(values, want_values[:batch]), (n, batch)
     finally:
         torch.set_num_threads(threads)
     for b in range(5):  # images are independent of their batch

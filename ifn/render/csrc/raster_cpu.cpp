@@ -11,7 +11,8 @@
 //   * the depth test compares the same int64 key (float32 bits of 1/depth high, F-1-id low).
 // Built with -ffp-contract=off so that the compiler adds no fusion of its own.
 //
-// Parallelism: one image per task (at::parallel_for, torch's intra-op threads), each with
+// Parallelism: one image (or, for batches smaller than the thread count, one band of an
+// image's rows) per task on torch's intra-op threads (at::parallel_for); each thread has
 // its own z-buffer and triangle tables, so threads never share a write.
 
 #include <ATen/Dispatch.h>
@@ -55,16 +56,30 @@ inline int32_t snap(float v) {
 
 inline int64_t floor_shift(int64_t v) { return v >> kSubBits; }  // arithmetic shift = floor
 
-// Runs work(worker_state, b) for every image b on torch's intra-op threads. Images are
-// handed out one at a time from a shared counter rather than in fixed halves, so a thread
-// slowed by other processes on a shared machine does not hold the others up.
+// Bands of rows per image: 1 when the batch has an image per thread; otherwise enough for
+// every thread (at least 16 rows each), so that one image, e.g. a single face being
+// refined, still uses all threads. Results do not depend on it: a band computes exactly
+// the cells and pixels of its rows, with the same arithmetic.
+inline int64_t bands_for(int64_t batch, int64_t height) {
+  const int64_t threads = at::get_num_threads();
+  if (batch <= 0 || batch >= threads) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>((threads + batch - 1) / batch, height / 16));
+}
+
+// Runs work(worker_state, b, row_lo, row_hi) for every band of every image on torch's
+// intra-op threads. Tasks are handed out one at a time from a shared counter rather than
+// in fixed halves, so a thread slowed by other processes does not hold the others up.
 template <typename MakeState, typename Work>
-void for_each_image(int64_t batch, const MakeState& make_state, const Work& work) {
+void for_each_task(int64_t batch, int64_t height, int64_t bands, const MakeState& make_state, const Work& work) {
   std::atomic<int64_t> next{0};
-  const int64_t n_tasks = std::max<int64_t>(1, std::min<int64_t>(batch, at::get_num_threads()));
-  at::parallel_for(0, n_tasks, 1, [&](int64_t, int64_t) {
+  const int64_t n_tasks = batch * bands;
+  const int64_t n_workers = std::max<int64_t>(1, std::min<int64_t>(n_tasks, at::get_num_threads()));
+  at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
     auto state = make_state();
-    for (int64_t b = next++; b < batch; b = next++) work(state, b);
+    for (int64_t task = next++; task < n_tasks; task = next++) {
+      const int64_t b = task / bands, band = task % bands;
+      work(state, b, band * height / bands, (band + 1) * height / bands);
+    }
   });
 }
 
@@ -72,7 +87,7 @@ template <bool FUSED>
 void rasterize_image(const float* verts, const int64_t* tris, int64_t n_vertices, int64_t n_faces, int64_t height,
                      int64_t width, int64_t* out_id, float* out_bary, std::vector<int32_t>& sx,
                      std::vector<int32_t>& sy, std::vector<float>& inv_w, std::vector<uint8_t>& ok,
-                     std::vector<int64_t>& zbuf, std::vector<float>& table) {
+                     std::vector<int64_t>& zbuf, std::vector<float>& table, int64_t row_lo, int64_t row_hi) {
   for (int64_t v = 0; v < n_vertices; ++v) {
     const float x = verts[3 * v], y = verts[3 * v + 1], w = verts[3 * v + 2];
     const bool valid = std::isfinite(x) && std::isfinite(y) && std::isfinite(w) && w > 0.0f;
@@ -85,7 +100,7 @@ void rasterize_image(const float* verts, const int64_t* tris, int64_t n_vertices
   }
   // Empty pixel: high word -1, low word F (decodes to id -1, loses to every covered cell).
   const int64_t empty_key = n_faces - (int64_t(1) << 32);
-  std::fill(zbuf.begin(), zbuf.end(), empty_key);
+  std::fill(zbuf.begin() + row_lo * width, zbuf.begin() + row_hi * width, empty_key);
 
   for (int64_t f = 0; f < n_faces; ++f) {
     const int64_t vi[3] = {tris[3 * f], tris[3 * f + 1], tris[3 * f + 2]};
@@ -100,6 +115,8 @@ void rasterize_image(const float* verts, const int64_t* tris, int64_t n_vertices
     const int64_t box_w = std::min<int64_t>(floor_shift(hi_x - kHalf), width - 1) - j0 + 1;
     const int64_t box_h = std::min<int64_t>(floor_shift(hi_y - kHalf), height - 1) - i0 + 1;
     if (box_w <= 0 || box_h <= 0) continue;
+    const int64_t di_lo = std::max<int64_t>(0, row_lo - i0), di_hi = std::min<int64_t>(box_h, row_hi - i0);
+    if (di_lo >= di_hi) continue;  // no row in this band
 
     // Edge k is opposite vertex k, from vertex k+1 to k+2, evaluated at the box origin.
     const int64_t px0 = j0 * kSub + kHalf, py0 = i0 * kSub + kHalf;
@@ -150,8 +167,8 @@ void rasterize_image(const float* verts, const int64_t* tris, int64_t n_vertices
     const uint64_t low = static_cast<uint32_t>(static_cast<int32_t>(n_faces - 1 - f));
     // Branch-free cells: whether a cell is covered is close to random for small
     // triangles, so a mask and a max beat a mispredicted branch.
-    float fdi = 0.0f;
-    for (int64_t di = 0; di < box_h; ++di, fdi += 1.0f) {
+    float fdi = static_cast<float>(di_lo);
+    for (int64_t di = di_lo; di < di_hi; ++di, fdi += 1.0f) {
       int64_t E0 = biased[0] + step_i[0] * di;
       int64_t E1 = biased[1] + step_i[1] * di;
       int64_t E2 = biased[2] + step_i[2] * di;
@@ -171,8 +188,8 @@ void rasterize_image(const float* verts, const int64_t* tris, int64_t n_vertices
   }
 
   // Resolve: decode the winner of each pixel and its barycentrics.
-  float fi = 0.0f;
-  for (int64_t i = 0; i < height; ++i, fi += 1.0f) {
+  float fi = static_cast<float>(row_lo);
+  for (int64_t i = row_lo; i < row_hi; ++i, fi += 1.0f) {
     float fj = 0.0f;
     for (int64_t j = 0; j < width; ++j, fj += 1.0f) {
       const int64_t p = i * width + j;
@@ -240,10 +257,11 @@ std::tuple<at::Tensor, at::Tensor> rasterize(const at::Tensor& vertices, const a
                    std::vector<float>(kTable * std::max<int64_t>(n_faces, 1))};
   };
   auto run = fused ? rasterize_image<true> : rasterize_image<false>;
-  for_each_image(batch, make_state, [&](Scratch& w, int64_t b) {
-    run(vp + b * n_vertices * 3, tp, n_vertices, n_faces, height, width, idp + b * n_pixels, bp + b * n_pixels * 3,
-        w.sx, w.sy, w.inv_w, w.ok, w.zbuf, w.table);
-  });
+  for_each_task(batch, height, bands_for(batch, height), make_state,
+                [&](Scratch& w, int64_t b, int64_t row_lo, int64_t row_hi) {
+                  run(vp + b * n_vertices * 3, tp, n_vertices, n_faces, height, width, idp + b * n_pixels,
+                      bp + b * n_pixels * 3, w.sx, w.sy, w.inv_w, w.ok, w.zbuf, w.table, row_lo, row_hi);
+                });
   return {triangle_id, barycentric};
 }
 
@@ -259,12 +277,13 @@ void check_fragments(const at::Tensor& triangle_id, const at::Tensor& barycentri
 
 template <bool FUSED, typename T>
 void interpolate_images(const T* attr, const int64_t* ids, const float* bary, const int64_t* tris, int64_t n_faces,
-                        int64_t n_vertices, int64_t channels, int64_t n_pixels, int64_t batch, T* out,
+                        int64_t n_vertices, int64_t channels, int64_t height, int64_t width, int64_t batch, T* out,
                         std::atomic<bool>& bad_id) {
-  for_each_image(batch, [] { return 0; }, [&](int, int64_t b) {
+  const int64_t n_pixels = height * width;
+  for_each_task(batch, height, bands_for(batch, height), [] { return 0; }, [&](int, int64_t b, int64_t lo, int64_t hi) {
     {
       const T* a = attr + b * n_vertices * channels;
-      for (int64_t p = b * n_pixels; p < (b + 1) * n_pixels; ++p) {
+      for (int64_t p = b * n_pixels + lo * width; p < b * n_pixels + hi * width; ++p) {
         T* o = out + p * channels;
         const int64_t id = ids[p];
         if (id < 0 || id >= n_faces) {
@@ -298,7 +317,7 @@ at::Tensor interpolate(const at::Tensor& attributes, const at::Tensor& triangle_
     auto run = fused ? interpolate_images<true, scalar_t> : interpolate_images<false, scalar_t>;
     run(attributes.const_data_ptr<scalar_t>(), triangle_id.const_data_ptr<int64_t>(),
         barycentric.const_data_ptr<float>(), triangles.const_data_ptr<int64_t>(), triangles.size(0), n_vertices,
-        channels, height * width, batch, out.mutable_data_ptr<scalar_t>(), bad_id);
+        channels, height, width, batch, out.mutable_data_ptr<scalar_t>(), bad_id);
   });
   TORCH_CHECK(!bad_id.load(), "triangle_id holds ids >= the number of triangles (", triangles.size(0), ")");
   return out;
@@ -313,7 +332,8 @@ void interpolate_backward_images(const T* grad, const int64_t* grad_strides, con
   // gradient, so no atomics.
   const int64_t sb = grad_strides[0], sh = grad_strides[1], sw = grad_strides[2], sc = grad_strides[3];
   const int64_t n_pixels = height * width;
-  for_each_image(batch, [] { return 0; }, [&](int, int64_t b) {
+  // Whole images only: bands of one image would write the same vertices.
+  for_each_task(batch, height, 1, [] { return 0; }, [&](int, int64_t b, int64_t, int64_t) {
     T* g_attr = out + b * n_vertices * channels;
     std::fill(g_attr, g_attr + n_vertices * channels, T(0));  // zeroed here: no extra parallel pass
     for (int64_t i = 0; i < height; ++i) {

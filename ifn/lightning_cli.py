@@ -11,6 +11,12 @@ backbone, a missing face-model file), and a ``--ckpt_path`` that is missing, unr
 corrupt or trained with other model settings. Option names must be written in full (no
 abbreviations: ``--trainer.max_step`` is an error, not ``--trainer.max_steps``).
 
+Durable fits (:mod:`ifn.callbacks.durable`): checkpoints are written atomically in their own
+folder, a fit that finds another live fit in its ``default_root_dir`` takes the next free
+folder, and a fit resumed with ``--ckpt_path`` in the same ``default_root_dir`` logs into the
+original run's version folder, continuing its steps. Every command that reads a photo
+folder writes ``photos_<role>.json`` beside its outputs (:class:`~ifn.callbacks.outputs.PhotoReportWriter`).
+
 ``--ckpt_path`` with model settings: Lightning's CLI would load the checkpoint's saved
 hyperparameters over the run's (``--model.backbone resnet34`` with a resnet18 checkpoint ran
 a resnet18, and its saved config said so). Here the run's settings are kept and must match
@@ -20,6 +26,7 @@ the checkpoint's (:func:`~ifn.models.checkpoint.check_hyperparameters`).
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,10 +34,21 @@ from typing import Any, NoReturn
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ifn.breeding.callback import BreedingCallback
+from ifn.callbacks.durable import (
+    RUN_KEY,
+    AtomicCheckpointIO,
+    ResumedCSVLogger,
+    RunRecord,
+    claim_run_folder,
+    release_run_folder,
+)
+from ifn.callbacks.outputs import PhotoReportWriter
 from ifn.callbacks.predictions import ThetaJSONWriter
 from ifn.callbacks.test_metrics import TestMetricsWriter
 from ifn.data.datamodule import SyntheticFaceDataModule
@@ -111,20 +129,76 @@ class IFNLightningCLI(LightningCLI):
         parser.link_arguments("data.prior_source", "model.prior_source", apply_on="instantiate")
         parser.add_lightning_class_args(TestMetricsWriter, "test_metrics")
         parser.add_lightning_class_args(ThetaJSONWriter, "predictions")
+        parser.add_lightning_class_args(PhotoReportWriter, "photo_reports")
         # Breeding is always wired in but off (0 rounds) unless a config turns it on, so the
         # synthetic-only ablation of a breeding config is just `--breeding.rounds 0`.
         parser.add_lightning_class_args(BreedingCallback, "breeding")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if not any(isinstance(cb, RunRecord) for cb in trainer.callbacks):
+            trainer.callbacks.append(RunRecord())
+        if self.subcommand == "fit":
+            self._claim_folder(trainer)
         # Lightning's default logger is TensorBoard; keep a CSV copy of the metrics beside it
         # (same version folder) so runs can be read without TensorBoard.
         loggers = trainer.loggers
         if len(loggers) == 1 and type(loggers[0]) is TensorBoardLogger and loggers[0].name == "lightning_logs":
             tensorboard = loggers[0]
-            csv = CSVLogger(tensorboard.save_dir, name=tensorboard.name, version=tensorboard.version)
+            resumed = self._resumed_version(tensorboard)
+            if resumed is not None:
+                version, step = resumed
+                # Into the original's version folder: TensorBoard drops its events from the
+                # resumed step on (logged after the checkpoint, about to be logged again).
+                tensorboard = TensorBoardLogger(tensorboard.save_dir, name=tensorboard.name, version=version,
+                                                purge_step=step)
+                csv = ResumedCSVLogger(tensorboard.save_dir, tensorboard.name, version, step)
+                print(f"[ifn] resuming at step {step}: logging into {tensorboard.log_dir}")
+            else:
+                csv = CSVLogger(tensorboard.save_dir, name=tensorboard.name, version=tensorboard.version)
             trainer.loggers = [tensorboard, csv]
         return trainer
+
+    def _claim_folder(self, trainer: Trainer) -> None:
+        """Take ``default_root_dir`` for this fit, or the next free folder if a live fit holds
+        it; checkpoint folders and the default logger below the old folder move along."""
+        root = Path(trainer.default_root_dir)
+        claimed = claim_run_folder(root)
+        self._claimed = claimed
+        if claimed == root:
+            return
+        old, new = Path(os.path.realpath(root)), Path(os.path.realpath(claimed))
+        trainer._default_root_dir = str(claimed)
+        for callback in trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+                try:
+                    callback.dirpath = str(new / Path(os.path.realpath(callback.dirpath)).relative_to(old))
+                except ValueError:
+                    continue  # a folder outside the run's: the user's choice
+        loggers = trainer.loggers
+        if len(loggers) == 1 and type(loggers[0]) is TensorBoardLogger and loggers[0].name == "lightning_logs":
+            trainer.loggers = [TensorBoardLogger(str(claimed), name="lightning_logs")]
+
+    def _resumed_version(self, tensorboard: TensorBoardLogger) -> tuple[int | str, int] | None:
+        """``(version, step)`` of the run a fit resumes, if it logged in this logger's folder."""
+        record, step = getattr(self, "_resume_record", None), getattr(self, "_resume_step", None)
+        if self.subcommand != "fit" or not isinstance(record, dict) or step is None:
+            return None
+        version = record.get("logger_version")
+        same_dir = record.get("save_dir") == str(Path(tensorboard.save_dir).resolve())
+        if version is None or not same_dir or record.get("logger_name") != tensorboard.name:
+            return None
+        return version, int(step)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:
+            claimed = getattr(self, "_claimed", None)
+            if claimed is not None:
+                release_run_folder(claimed)
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before anything is built, instead of Lightning's hyperparameter
@@ -139,6 +213,9 @@ class IFNLightningCLI(LightningCLI):
         if str(ckpt_path).startswith("registry"):
             return
         checkpoint = read_checkpoint(Path(ckpt_path))
+        # What a resumed fit needs to log where the original did (the rest is not kept).
+        self._resume_record = checkpoint.get(RUN_KEY)
+        self._resume_step = checkpoint.get("global_step")
         model = self.config[subcommand].get("model")
         wanted = {key: model[key] for key in vars(model)} if model is not None else {}
         check_hyperparameters(checkpoint, wanted, str(ckpt_path))

@@ -61,7 +61,7 @@ def _one_line_error(capsys, argv: list[str]) -> str:
 @pytest.mark.parametrize(
     ("option", "expected"),
     [
-        ("--data.batch_size=-4", "batch_size and batches_per_epoch must be > 0"),
+        ("--data.batch_size=-4", "data.batch_size: must be > 0, got -4"),
         ("--model.backbone=resnet19", "model.backbone: unknown timm model 'resnet19'; did you mean 'resnet18'"),
         ("--data.render.face_model=nope.npz", "face model 'nope.npz' is neither the built-in 'procedural' model"),
         ("--data.batch_size=four", 'Parser key "data.batch_size": Expected a <class \'int\'>. Got value: four'),
@@ -95,7 +95,7 @@ def test_a_typo_in_a_config_file_suggests_the_closest_key(capsys, tmp_path):
 
 def test_debug_switch_reraises(monkeypatch, capsys):
     monkeypatch.setenv("IFN_DEBUG", "1")
-    with pytest.raises(UsageError, match="batch_size and batches_per_epoch must be > 0") as info:
+    with pytest.raises(UsageError, match="data.batch_size: must be > 0, got -4") as info:
         main(["fit", *SMALL_RUN, "--data.batch_size=-4"])
     assert isinstance(info.value.__cause__, ValueError)  # the original error, with its traceback
     with pytest.raises(UsageError, match="unrecognized arguments: --data.batchsize"):

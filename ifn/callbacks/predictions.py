@@ -7,6 +7,10 @@ where the cleaned path keeps ``A–Z a–z 0–9 . _ -``, writes every other run
 cleaned part is only for reading: ``a b.jpg``, ``a+b.jpg`` and ``a__b.jpg`` all clean to
 ``a__b.jpg``, and the hash tells them apart. The ``"image"`` field of each file holds the
 photo's path by :func:`ifn.io.path_text` (the rule is repeated in ``"image_path_encoding"``).
+
+A run never writes into a folder that holds an earlier run's predictions: if the folder is
+not empty, the next free one is used (``predictions.2/``, :mod:`ifn.callbacks.outputs`) and
+printed; ``overwrite`` writes into it anyway.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from ifn.callbacks.outputs import fresh_directory
 from ifn.io import PATH_ENCODING, path_text, write_json_atomic
 from ifn.params import ParamLayout
 
@@ -89,18 +94,28 @@ class ThetaJSONWriter(BasePredictionWriter):
     """Write each predicted face to ``<output_dir>/<name>``, the name by :func:`prediction_file_name`.
 
     Args:
-        output_dir: where to write (default ``<log_dir>/predictions``).
+        output_dir: where to write (default ``<log_dir>/predictions``); if it holds files,
+            the next free ``<output_dir>.2``, ``.3``, … is used.
+        overwrite: write into ``output_dir`` even if it holds an earlier run's files.
+
+    Attributes:
+        directory: the folder of the last ``predict`` (``None`` before one ran).
     """
 
-    def __init__(self, output_dir: str | None = None) -> None:
+    def __init__(self, output_dir: str | None = None, overwrite: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
+        self.overwrite = overwrite
         self.written = 0
+        self.directory: Path | None = None
 
-    def _directory(self, trainer: L.Trainer) -> Path:
+    def _wanted(self, trainer: L.Trainer) -> Path:
         if self.output_dir is not None:
             return Path(self.output_dir)
         return Path(trainer.log_dir or trainer.default_root_dir) / "predictions"
+
+    def _directory(self, trainer: L.Trainer) -> Path:
+        return self.directory if self.directory is not None else self._wanted(trainer)
 
     def write_on_batch_end(
         self,
@@ -135,8 +150,11 @@ class ThetaJSONWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.written = 0
+        wanted = self._wanted(trainer)  # a broadcast under DDP: every rank must ask
+        chosen = str(fresh_directory(wanted, overwrite=self.overwrite)) if trainer.is_global_zero else None
+        self.directory = Path(trainer.strategy.broadcast(chosen))
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        directory = self._directory(trainer)  # a broadcast under DDP: every rank must ask
+        directory = self._directory(trainer)
         if trainer.is_global_zero:
             print(f"[ifn] wrote {self.written} prediction(s) on rank 0 to {directory}")

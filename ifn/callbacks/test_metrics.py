@@ -4,10 +4,16 @@ per real photo in ``test_real_per_image.csv``, in the run's log directory.
 The CSV's ``path`` column follows :func:`ifn.io.path_text`: UTF-8, with ``%`` and every byte
 of a file name that is not valid UTF-8 written ``%XX``, so a photo whose name is not UTF-8
 still gets its row (``urllib.parse.unquote_to_bytes(path)`` gives the name's bytes back).
+
+Neither file replaces an earlier run's: if the name is taken (``--trainer.logger false``
+writes every run into ``default_root_dir``), the next free name is used
+(``test_metrics.2.json``, :mod:`ifn.callbacks.outputs`) and printed; ``overwrite`` replaces.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -15,7 +21,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from ifn.io import path_text, write_csv_atomic, write_json_atomic
+from ifn.callbacks.outputs import write_new, write_new_json
+from ifn.io import path_text, writable
 
 __all__ = ["PER_IMAGE_COLUMNS", "TestMetricsWriter"]
 
@@ -29,19 +36,26 @@ class TestMetricsWriter(L.Callback):
     Args:
         filename: file name inside ``trainer.log_dir`` (or ``default_root_dir``).
         per_image_filename: file name of the per-image CSV.
+        overwrite: replace files of an earlier run instead of taking the next free name.
 
     Attributes:
         path: where the last metrics file was written (``None`` before a test ran).
+        per_image_path: where the last per-image CSV was written (``None`` if none).
     """
 
     __test__ = False  # not a pytest test class despite its name
 
     def __init__(
-        self, filename: str = "test_metrics.json", per_image_filename: str = "test_real_per_image.csv"
+        self,
+        filename: str = "test_metrics.json",
+        per_image_filename: str = "test_real_per_image.csv",
+        overwrite: bool = False,
     ) -> None:
         self.filename = filename
         self.per_image_filename = per_image_filename
+        self.overwrite = overwrite
         self.path: Path | None = None
+        self.per_image_path: Path | None = None
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics: dict[str, float | None] = {}
@@ -56,11 +70,22 @@ class TestMetricsWriter(L.Callback):
         self.path = log_dir / self.filename
         if not trainer.is_global_zero:
             return
-        write_json_atomic(self.path, metrics)
+        self.path = write_new_json(self.path, metrics, overwrite=self.overwrite)
         if rows:
             unique = {(r["path"], r["face_index"]): r for r in rows}
             ordered = [{**unique[k], "path": path_text(unique[k]["path"])} for k in sorted(unique)]
-            write_csv_atomic(log_dir / self.per_image_filename, ordered, PER_IMAGE_COLUMNS)
+            self.per_image_path = write_new(
+                log_dir / self.per_image_filename, _csv_bytes(ordered, PER_IMAGE_COLUMNS), overwrite=self.overwrite
+            )
+
+
+def _csv_bytes(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
+    """UTF-8 CSV with a header line (strings that are not UTF-8 by :func:`ifn.io.path_text`)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(writable(row) for row in rows)
+    return buffer.getvalue().encode("utf-8")
 
 
 def _gathered_rows(trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict[str, Any]]:

@@ -4,7 +4,11 @@
 on disk by :func:`ifn.data.photos.preprocess_file`, so later constructions do not run
 the detector), and serves one item per face. Nothing in the folder stops it: unreadable,
 truncated or mislabelled files and images without a (large enough) face are skipped,
-counted with their reason and listed by :meth:`RealFaceCorpus.write_report`.
+counted with their reason and listed by :meth:`RealFaceCorpus.write_report`, whose
+``entries`` hold one line per path found in the folder (:func:`ifn.data.listing.find_images`):
+``"used"`` with its faces, ``"skipped"`` with the reason (unreadable, no face, broken link...)
+or ``"ignored"`` by type (``.txt``, a folder named ``x.jpg``, a second link to a file).
+An animated image (GIF, WebP, APNG) is read as its first frame, and its entry says so.
 
 It feeds the breeding step (infer θ for every real face) and real-image evaluation.
 """
@@ -23,7 +27,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from ifn.data.landmarks import Detection, LandmarkDetector, make_detector
-from ifn.data.listing import IMAGE_EXTENSIONS, find_images
+from ifn.data.listing import IMAGE_EXTENSIONS, FoundPath, count_statuses, display_path, find_images
 from ifn.data.photos import ImageReadError, ProcessedImage, load_crop, preprocess_file, resolve_cache_dir
 from ifn.io import PATH_ENCODING, atomic_write, path_text, writable
 
@@ -95,6 +99,7 @@ class _FileRecord:
     dropped_small: int = 0
     dropped_extra: int = 0
     cached: bool = False
+    note: str | None = None  # e.g. that an animated image was read as its first frame
 
 
 @dataclass(frozen=True)
@@ -164,10 +169,17 @@ class RealFaceCorpus(Dataset):
         owns_detector = not isinstance(detector, LandmarkDetector)
         self.detector = make_detector(detector, **(detector_options or {}))
         self.ignored_files = 0
+        # Paths of the folder that are not read (ignored by type, or unreadable as paths):
+        # kept for the report, so that every path found is accounted for.
+        self._unread: list[FoundPath] = []
         if files is None:
             assert self.root is not None
-            paths = list_images(self.root)
-            self.ignored_files = sum(1 for p in self.root.rglob("*") if p.is_file()) - len(paths)
+            if not self.root.is_dir():
+                raise NotADirectoryError(f"{self.root} is not a folder")
+            found = find_images([self.root])
+            paths = [f.path for f in found if f.status == "image"]
+            self._unread = [f for f in found if f.status != "image"]
+            self.ignored_files = count_statuses(found)["ignored"]
         else:
             paths = _sorted_unique(files)
         self._records = self._scan(paths, progress)
@@ -210,6 +222,7 @@ class RealFaceCorpus(Dataset):
             kept, selected = self._select(result)
             record = _FileRecord(
                 path,
+                note=_animation_note(path),
                 cache_file=result.cache_file,
                 faces=kept,
                 detected=len(result.faces),
@@ -266,6 +279,7 @@ class RealFaceCorpus(Dataset):
         view._records = [r for r in self._records if r.path in wanted]
         view._items = self._index(view._records)
         view.ignored_files = 0
+        view._unread = []
         return view
 
     def split(self, fraction: float, seed: int = 0) -> tuple[RealFaceCorpus, RealFaceCorpus]:
@@ -292,6 +306,8 @@ class RealFaceCorpus(Dataset):
             "cache_hits": sum(1 for r in records if r.cached),
             "cache_misses": sum(1 for r in records if r.cache_file is not None and not r.cached),
             "ignored_files": self.ignored_files,
+            "unreadable_paths": sum(1 for f in self._unread if f.status == "skipped"),
+            "animated_first_frame": sum(1 for r in records if r.note is not None and r.faces),
         }
 
     def skipped(self) -> list[dict[str, str]]:
@@ -305,12 +321,47 @@ class RealFaceCorpus(Dataset):
     def _name(self, path: Path) -> str:
         """A file's name in reports: below the root, written by :func:`ifn.io.path_text`
         (names that are not UTF-8 stay recoverable, and the report stays valid UTF-8)."""
-        if self.root is not None:
-            try:
-                return path_text(path.relative_to(self.root).as_posix())
-            except ValueError:
-                pass
-        return path_text(str(path))
+        return display_path(path, self.root)
+
+    def entries(self) -> list[dict[str, Any]]:
+        """One entry per path found, sorted by path: ``{"path", "status", "kind", "reason",
+        "faces", "detected"}`` with ``status`` ``"used"`` (at least one face kept),
+        ``"skipped"`` (unreadable, no or too small faces, or an unreadable path such as a
+        broken link) or ``"ignored"`` (not an image by type, or a second path to one)."""
+        rows = []
+        for r in self._records:
+            rows.append({
+                "path": self._name(r.path),
+                "status": "used" if r.faces else "skipped",
+                "kind": r.kind if not r.faces else ("animated" if r.note else "image"),
+                "reason": r.note if r.faces else r.reason,
+                "faces": len(r.faces),
+                "detected": r.detected,
+            })
+        for f in self._unread:
+            rows.append({
+                "path": self._name(f.path),
+                "status": f.status,
+                "kind": "not_an_image" if f.status == "ignored" else "unreadable_path",
+                "reason": f.reason,
+                "faces": 0,
+                "detected": 0,
+            })
+        return sorted(rows, key=lambda row: row["path"])
+
+    def summary_line(self, report: str | os.PathLike[str] | None = None) -> str:
+        """One line for the console: how many paths were found and what became of them."""
+        s = self.summary()
+        entries = self.entries()
+        used = sum(1 for e in entries if e["status"] == "used")
+        skipped = sum(1 for e in entries if e["status"] == "skipped")
+        ignored = sum(1 for e in entries if e["status"] == "ignored")
+        where = f" (report: {path_text(report)})" if report is not None else ""
+        root = path_text(self.root) if self.root is not None else "files"
+        return (
+            f"{root}: {len(entries)} path(s): {used} used ({s['faces']} face(s)), {skipped} skipped, "
+            f"{ignored} ignored{where}"
+        )
 
     def report(self) -> dict[str, Any]:
         """The JSON-able report written by :meth:`write_report` (paths by :func:`ifn.io.path_text`)."""
@@ -324,6 +375,7 @@ class RealFaceCorpus(Dataset):
             "min_face_size": self.min_face_size,
             "cache_dir": path_text(self.cache_dir),
             "summary": self.summary(),
+            "entries": self.entries(),
             "skipped_by_kind": dict(Counter(r.kind for r in self._records if not r.faces)),
             "skipped": self.skipped(),
             "faces_per_image": {
@@ -339,7 +391,7 @@ class RealFaceCorpus(Dataset):
         })
 
     def write_report(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`report` as JSON (UTF-8, atomically); returns the path."""
+        """Write :meth:`report` as JSON (UTF-8, atomically, replacing ``path``); returns the path."""
         path = Path(path)
         with atomic_write(path, "w", encoding="utf-8") as handle:
             handle.write(json.dumps(self.report(), indent=2, default=str) + "\n")
@@ -351,3 +403,20 @@ class RealFaceCorpus(Dataset):
             f"{type(self).__name__}(root={str(self.root)!r}, faces={s['faces']}, images={s['found_images']}, "
             f"skipped={s['skipped_images']}, detector={self.detector.name!r})"
         )
+
+
+def _animation_note(path: Path) -> str | None:
+    """``"animated (…): first frame used"`` for an animated image, else ``None``.
+
+    Pillow's ``is_animated`` reads headers only (for GIF it seeks to the second frame), and
+    decoding (:func:`~ifn.data.photos.read_image`) uses the first frame.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            animated = bool(getattr(im, "is_animated", False))
+            kind = im.format or "image"
+    except Exception:  # noqa: BLE001 - only a note: the file was decoded already
+        return None
+    return f"animated {kind}: first frame used" if animated else None

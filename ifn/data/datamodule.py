@@ -101,8 +101,11 @@ class SyntheticFaceDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["render", "prior", "photos"])
-        if batch_size <= 0 or batches_per_epoch <= 0 or val_size < 0 or test_size < 0:
-            raise ValueError("batch_size and batches_per_epoch must be > 0, val_size and test_size >= 0")
+        for name, value, least in (("batch_size", batch_size, 1), ("batches_per_epoch", batches_per_epoch, 1),
+                                   ("val_size", val_size, 0), ("test_size", test_size, 0)):
+            if value < least:
+                # Named as the option is, for the one-line CLI error.
+                raise ValueError(f"data.{name}: must be {'> 0' if least else '>= 0'}, got {value}")
         self.renderer: FaceRenderer = render.build_renderer()
         self.layout = self.renderer.layout
         self.prior = prior if prior is not None else ParameterPrior()

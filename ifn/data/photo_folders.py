@@ -6,6 +6,9 @@ there is no geometric ground truth) and ``predict_dir`` (photos ``ifn predict`` 
 for). Each folder becomes a :class:`~ifn.data.corpus.RealFaceCorpus` the first time it
 is asked for; detection results are cached on disk, so other ranks and resumed runs only
 read the cache.
+
+A folder that is set but missing, or that yields no face where faces are needed, is a
+one-line :class:`~ifn.errors.UsageError` naming the option and the folder.
 """
 
 from __future__ import annotations
@@ -17,11 +20,20 @@ from typing import Literal
 from lightning.pytorch.utilities import rank_zero_info
 
 from ifn.data.corpus import RealFaceCorpus
+from ifn.errors import UsageError
 
-__all__ = ["PHOTO_ROLES", "PhotoFolders", "PhotoSettings"]
+__all__ = ["PHOTO_ROLES", "NoFacesError", "PhotoFolderError", "PhotoFolders", "PhotoSettings"]
 
 PhotoRole = Literal["train", "test", "predict"]
 PHOTO_ROLES: tuple[PhotoRole, ...] = ("train", "test", "predict")
+
+
+class PhotoFolderError(UsageError, FileNotFoundError):
+    """A photo folder option that names no folder."""
+
+
+class NoFacesError(UsageError, ValueError):
+    """A photo folder that is needed but not set, or in which no face was kept."""
 
 
 @dataclass(frozen=True)
@@ -77,14 +89,15 @@ class PhotoFolders:
         """The corpus of a role's folder (``None`` when not configured).
 
         Raises:
-            FileNotFoundError: naming the option, if the folder does not exist.
+            PhotoFolderError: naming the option and the folder, if it is not a folder.
         """
         root = self.settings.folder(role)
         if root is None:
             return None
         if role not in self._corpora:
             if not Path(root).is_dir():
-                raise FileNotFoundError(f"data.photos.{role}_dir: folder not found: {root}")
+                problem = "not a folder" if Path(root).exists() else "folder not found"
+                raise PhotoFolderError(f"data.photos.{role}_dir: {problem}: {root}")
             rank_zero_info(f"[ifn] preparing real faces of {root} ({role})")
             s = self.settings
             self._corpora[role] = RealFaceCorpus(
@@ -97,19 +110,19 @@ class PhotoFolders:
                 progress=progress,
                 margin=self.margin,
             )
-            rank_zero_info(f"[ifn] {root}: {self._corpora[role].summary()}")
+            rank_zero_info(f"[ifn] photos ({role}): {self._corpora[role].summary_line()}")
         return self._corpora[role]
 
     def nonempty_corpus(self, role: PhotoRole, progress: bool = True) -> RealFaceCorpus:
         """The corpus of a role, which must be configured and hold at least one face.
 
         Raises:
-            ValueError: naming the option, if the folder is not set or yielded no faces.
+            NoFacesError: naming the option, if the folder is not set or yielded no faces.
+            PhotoFolderError: if the folder does not exist.
         """
         corpus = self.corpus(role, progress)
         if corpus is None:
-            raise ValueError(f"data.photos.{role}_dir is not set")
+            raise NoFacesError(f"data.photos.{role}_dir is not set")
         if len(corpus) == 0:
-            folder = self.settings.folder(role)
-            raise ValueError(f"data.photos.{role}_dir {folder} yielded no faces: {corpus.summary()}")
+            raise NoFacesError(f"data.photos.{role}_dir: no face kept in {corpus.summary_line()}")
         return corpus

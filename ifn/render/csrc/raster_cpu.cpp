@@ -275,30 +275,44 @@ void check_fragments(const at::Tensor& triangle_id, const at::Tensor& barycentri
   TORCH_CHECK(barycentric.sizes().slice(0, 3) == triangle_id.sizes(), "barycentric and triangle_id shapes differ");
 }
 
+// Pixels [begin, end) of one image. NC > 0 fixes the channel count at compile time (the
+// common 3: unrolled), NC = 0 reads it from `channels`. Returns false on an id >= F.
+template <bool FUSED, typename T, int NC>
+bool interpolate_pixels(const T* __restrict a, const int64_t* __restrict ids, const float* __restrict bary,
+                        const int64_t* __restrict tris, int64_t n_faces, int64_t channels, int64_t begin,
+                        int64_t end, T* __restrict out) {
+  const int64_t nc = NC > 0 ? NC : channels;
+  bool ok = true;
+  for (int64_t p = begin; p < end; ++p) {
+    T* o = out + p * nc;
+    const int64_t id = ids[p];
+    if (id < 0 || id >= n_faces) {
+      ok &= id < n_faces;
+      for (int64_t c = 0; c < nc; ++c) o[c] = T(0);
+      continue;
+    }
+    const T* a0 = a + tris[3 * id] * nc;
+    const T* a1 = a + tris[3 * id + 1] * nc;
+    const T* a2 = a + tris[3 * id + 2] * nc;
+    const T w0 = static_cast<T>(bary[3 * p]), w1 = static_cast<T>(bary[3 * p + 1]);
+    const T w2 = static_cast<T>(bary[3 * p + 2]);
+    for (int64_t c = 0; c < nc; ++c) o[c] = madd<FUSED>(a2[c], w2, madd<FUSED>(a1[c], w1, a0[c] * w0));
+  }
+  return ok;
+}
+
 template <bool FUSED, typename T>
 void interpolate_images(const T* attr, const int64_t* ids, const float* bary, const int64_t* tris, int64_t n_faces,
                         int64_t n_vertices, int64_t channels, int64_t height, int64_t width, int64_t batch, T* out,
                         std::atomic<bool>& bad_id) {
   const int64_t n_pixels = height * width;
   for_each_task(batch, height, bands_for(batch, height), [] { return 0; }, [&](int, int64_t b, int64_t lo, int64_t hi) {
-    {
-      const T* a = attr + b * n_vertices * channels;
-      for (int64_t p = b * n_pixels + lo * width; p < b * n_pixels + hi * width; ++p) {
-        T* o = out + p * channels;
-        const int64_t id = ids[p];
-        if (id < 0 || id >= n_faces) {
-          if (id >= n_faces) bad_id = true;
-          std::fill(o, o + channels, T(0));
-          continue;
-        }
-        const T* a0 = a + tris[3 * id] * channels;
-        const T* a1 = a + tris[3 * id + 1] * channels;
-        const T* a2 = a + tris[3 * id + 2] * channels;
-        const T w0 = static_cast<T>(bary[3 * p]), w1 = static_cast<T>(bary[3 * p + 1]);
-        const T w2 = static_cast<T>(bary[3 * p + 2]);
-        for (int64_t c = 0; c < channels; ++c) o[c] = madd<FUSED>(a2[c], w2, madd<FUSED>(a1[c], w1, a0[c] * w0));
-      }
-    }
+    const T* a = attr + b * n_vertices * channels;
+    const int64_t begin = b * n_pixels + lo * width, end = b * n_pixels + hi * width;
+    const bool ok = channels == 3
+                        ? interpolate_pixels<FUSED, T, 3>(a, ids, bary, tris, n_faces, channels, begin, end, out)
+                        : interpolate_pixels<FUSED, T, 0>(a, ids, bary, tris, n_faces, channels, begin, end, out);
+    if (!ok) bad_id = true;
   });
 }
 
@@ -323,32 +337,50 @@ at::Tensor interpolate(const at::Tensor& attributes, const at::Tensor& triangle_
   return out;
 }
 
+// One image's (V, C) attribute gradient from its (H, W, C) value gradient (strides sh, sw,
+// sc). NC as in interpolate_pixels.
+template <typename T, int NC>
+void backward_image(const T* __restrict g_img, int64_t sh, int64_t sw, int64_t sc, const int64_t* __restrict ids,
+                    const float* __restrict bary, const int64_t* __restrict tris, int64_t n_faces, int64_t channels,
+                    int64_t height, int64_t width, int64_t n_vertices, T* __restrict g_attr) {
+  const int64_t nc = NC > 0 ? NC : channels;
+  std::fill(g_attr, g_attr + n_vertices * nc, T(0));  // zeroed here: no extra parallel pass
+  for (int64_t i = 0; i < height; ++i) {
+    for (int64_t j = 0; j < width; ++j) {
+      const int64_t p = i * width + j;
+      const int64_t id = ids[p];
+      if (id < 0 || id >= n_faces) continue;
+      const T* g = g_img + i * sh + j * sw;
+      T gc[NC > 0 ? NC : 1];
+      if constexpr (NC > 0) {
+        for (int c = 0; c < NC; ++c) gc[c] = g[c * sc];
+      }
+      for (int k = 0; k < 3; ++k) {
+        const T w = static_cast<T>(bary[3 * p + k]);
+        T* dst = g_attr + tris[3 * id + k] * nc;
+        if constexpr (NC > 0) {
+          for (int c = 0; c < NC; ++c) dst[c] += w * gc[c];
+        } else {
+          for (int64_t c = 0; c < nc; ++c) dst[c] += w * g[c * sc];
+        }
+      }
+    }
+  }
+}
+
 template <typename T>
 void interpolate_backward_images(const T* grad, const int64_t* grad_strides, const int64_t* ids, const float* bary,
                                  const int64_t* tris, int64_t n_faces, int64_t n_vertices, int64_t channels,
                                  int64_t height, int64_t width, int64_t batch, T* out) {
   // The gradient is read through its strides (usually those of an NCHW tensor), so no
-  // layout copy is made. One image per task: each owns its slice of the (B, V, C)
-  // gradient, so no atomics.
+  // layout copy is made. Whole images only: each task owns its image's slice of the
+  // (B, V, C) gradient (bands of one image would add into the same vertices), so no atomics.
   const int64_t sb = grad_strides[0], sh = grad_strides[1], sw = grad_strides[2], sc = grad_strides[3];
   const int64_t n_pixels = height * width;
-  // Whole images only: bands of one image would write the same vertices.
   for_each_task(batch, height, 1, [] { return 0; }, [&](int, int64_t b, int64_t, int64_t) {
-    T* g_attr = out + b * n_vertices * channels;
-    std::fill(g_attr, g_attr + n_vertices * channels, T(0));  // zeroed here: no extra parallel pass
-    for (int64_t i = 0; i < height; ++i) {
-      for (int64_t j = 0; j < width; ++j) {
-        const int64_t p = b * n_pixels + i * width + j;
-        const int64_t id = ids[p];
-        if (id < 0 || id >= n_faces) continue;
-        const T* g = grad + b * sb + i * sh + j * sw;
-        for (int k = 0; k < 3; ++k) {
-          const T w = static_cast<T>(bary[3 * p + k]);
-          T* dst = g_attr + tris[3 * id + k] * channels;
-          for (int64_t c = 0; c < channels; ++c) dst[c] += w * g[c * sc];
-        }
-      }
-    }
+    const auto run = channels == 3 ? backward_image<T, 3> : backward_image<T, 0>;
+    run(grad + b * sb, sh, sw, sc, ids + b * n_pixels, bary + 3 * b * n_pixels, tris, n_faces, channels, height,
+        width, n_vertices, out + b * n_vertices * channels);
   });
 }
 

@@ -84,10 +84,11 @@ void for_each_task(int64_t batch, int64_t height, int64_t bands, const MakeState
 }
 
 template <bool FUSED>
-void rasterize_image(const float* verts, const int64_t* tris, int64_t n_vertices, int64_t n_faces, int64_t height,
-                     int64_t width, int64_t* out_id, float* out_bary, std::vector<int32_t>& sx,
-                     std::vector<int32_t>& sy, std::vector<float>& inv_w, std::vector<uint8_t>& ok,
-                     std::vector<int64_t>& zbuf, std::vector<float>& table, int64_t row_lo, int64_t row_hi) {
+void rasterize_image(const float* __restrict verts, const int64_t* __restrict tris, int64_t n_vertices,
+                     int64_t n_faces, int64_t height, int64_t width, int64_t* __restrict out_id,
+                     float* __restrict out_bary, int32_t* __restrict sx, int32_t* __restrict sy,
+                     float* __restrict inv_w, uint8_t* __restrict ok, int64_t* __restrict zbuf,
+                     float* __restrict table, int64_t row_lo, int64_t row_hi) {
   for (int64_t v = 0; v < n_vertices; ++v) {
     const float x = verts[3 * v], y = verts[3 * v + 1], w = verts[3 * v + 2];
     const bool valid = std::isfinite(x) && std::isfinite(y) && std::isfinite(w) && w > 0.0f;
@@ -100,7 +101,7 @@ void rasterize_image(const float* verts, const int64_t* tris, int64_t n_vertices
   }
   // Empty pixel: high word -1, low word F (decodes to id -1, loses to every covered cell).
   const int64_t empty_key = n_faces - (int64_t(1) << 32);
-  std::fill(zbuf.begin() + row_lo * width, zbuf.begin() + row_hi * width, empty_key);
+  std::fill(zbuf + row_lo * width, zbuf + row_hi * width, empty_key);
 
   for (int64_t f = 0; f < n_faces; ++f) {
     const int64_t vi[3] = {tris[3 * f], tris[3 * f + 1], tris[3 * f + 2]};
@@ -154,7 +155,7 @@ void rasterize_image(const float* verts, const int64_t* tris, int64_t n_vertices
         ef[2][k] = static_cast<float>(step_i[k]) * siw;
       }
       for (int r = 0; r < 3; ++r) plane[r] = ((0.0f + ef[r][0]) + ef[r][1]) + ef[r][2];
-      float* t = table.data() + kTable * f;
+      float* t = table + kTable * f;
       t[0] = ef[0][1];
       t[1] = ef[1][1];
       t[2] = ef[2][1];
@@ -172,7 +173,7 @@ void rasterize_image(const float* verts, const int64_t* tris, int64_t n_vertices
       int64_t E0 = biased[0] + step_i[0] * di;
       int64_t E1 = biased[1] + step_i[1] * di;
       int64_t E2 = biased[2] + step_i[2] * di;
-      int64_t* zrow = zbuf.data() + (i0 + di) * width + j0;
+      int64_t* zrow = zbuf + (i0 + di) * width + j0;
       const float z_row = madd<FUSED>(plane[2], fdi, plane[0]);
       float fdj = 0.0f;
       for (int64_t dj = 0; dj < box_w; ++dj, fdj += 1.0f, E0 += step_j[0], E1 += step_j[1], E2 += step_j[2]) {
@@ -206,7 +207,7 @@ void rasterize_image(const float* verts, const int64_t* tris, int64_t n_vertices
       std::memcpy(&zinv, &high, sizeof zinv);
       float inv_total = 1.0f / zinv;
       if (!std::isfinite(inv_total)) inv_total = 0.0f;  // nan_to_num(0, 0, 0)
-      const float* t = table.data() + kTable * id;
+      const float* t = table + kTable * id;
       const float d_col = fj - t[6];
       const float d_row = fi - t[7];
       const float w1 = madd<FUSED>(t[2], d_row, madd<FUSED>(t[1], d_col, t[0])) * inv_total;
@@ -260,7 +261,8 @@ std::tuple<at::Tensor, at::Tensor> rasterize(const at::Tensor& vertices, const a
   for_each_task(batch, height, bands_for(batch, height), make_state,
                 [&](Scratch& w, int64_t b, int64_t row_lo, int64_t row_hi) {
                   run(vp + b * n_vertices * 3, tp, n_vertices, n_faces, height, width, idp + b * n_pixels,
-                      bp + b * n_pixels * 3, w.sx, w.sy, w.inv_w, w.ok, w.zbuf, w.table, row_lo, row_hi);
+                      bp + b * n_pixels * 3, w.sx.data(), w.sy.data(), w.inv_w.data(), w.ok.data(), w.zbuf.data(),
+                      w.table.data(), row_lo, row_hi);
                 });
   return {triangle_id, barycentric};
 }

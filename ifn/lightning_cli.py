@@ -142,6 +142,8 @@ class IFNLightningCLI(LightningCLI):
             trainer.callbacks.append(RunRecord())
         if self.subcommand == "fit":
             self._claim_folder(trainer)
+            if str(self.config[self.subcommand].get("ckpt_path")) == "last":
+                self._note_last_checkpoint(trainer)
         # Lightning's default logger is TensorBoard; keep a CSV copy of the metrics beside it
         # (same version folder) so runs can be read without TensorBoard.
         loggers = trainer.loggers
@@ -181,6 +183,20 @@ class IFNLightningCLI(LightningCLI):
         if len(loggers) == 1 and type(loggers[0]) is TensorBoardLogger and loggers[0].name == "lightning_logs":
             trainer.loggers = [TensorBoardLogger(str(claimed), name="lightning_logs")]
 
+    def _note_last_checkpoint(self, trainer: Trainer) -> None:
+        """For ``--ckpt_path last``: check and note the checkpoint Lightning will pick, the
+        newest file with ``last`` in its name in a checkpoint folder (Lightning's rule)."""
+        folders = {cb.dirpath for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath}
+        candidates = [p for folder in folders if Path(folder).is_dir() for p in Path(folder).iterdir()
+                      if "last" in p.name and p.is_file()]
+        if candidates:
+            self._note_resume(read_checkpoint(max(candidates, key=lambda p: p.stat().st_mtime)))
+
+    def _note_resume(self, checkpoint: dict[str, Any]) -> None:
+        # What a resumed fit needs to log where the original did (the rest is not kept).
+        self._resume_record = checkpoint.get(RUN_KEY)
+        self._resume_step = checkpoint.get("global_step")
+
     def _resumed_version(self, tensorboard: TensorBoardLogger) -> tuple[int | str, int] | None:
         """``(version, step)`` of the run a fit resumes, if it logged in this logger's folder."""
         record, step = getattr(self, "_resume_record", None), getattr(self, "_resume_step", None)
@@ -213,9 +229,7 @@ class IFNLightningCLI(LightningCLI):
         if str(ckpt_path).startswith("registry"):
             return
         checkpoint = read_checkpoint(Path(ckpt_path))
-        # What a resumed fit needs to log where the original did (the rest is not kept).
-        self._resume_record = checkpoint.get(RUN_KEY)
-        self._resume_step = checkpoint.get("global_step")
+        self._note_resume(checkpoint)
         model = self.config[subcommand].get("model")
         wanted = {key: model[key] for key in vars(model)} if model is not None else {}
         check_hyperparameters(checkpoint, wanted, str(ckpt_path))

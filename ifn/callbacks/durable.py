@@ -46,6 +46,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -57,6 +58,7 @@ __all__ = [
     "LOCK_NAME",
     "RUN_KEY",
     "AtomicCheckpointIO",
+    "PeriodicLastCheckpoint",
     "ResumedCSVLogger",
     "RunRecord",
     "claim_run_folder",
@@ -77,7 +79,7 @@ _EMPTY_LOCK_GRACE_S = 30.0
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local saves are atomic in the checkpoint's own folder.
 
-    A temporary file beside the checkpoint (``.<name>.<random>.tmp``) receives the bytes, is
+    A temporary file beside the checkpoint (``.ifn-saving-<random>.partial``) receives the bytes, is
     fsync'ed and renamed over the checkpoint, then the folder is fsync'ed so the rename
     survives a power loss. Remote paths (``s3://`` …) keep Lightning's behaviour.
     """
@@ -92,9 +94,54 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         path = Path(str(path).removeprefix("file://"))
-        with atomic_write(path) as handle:  # temp file in path's folder, fsync, rename
-            torch.save(checkpoint, handle)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The temporary name must not contain "last": `--ckpt_path last` picks the newest
+        # file whose name does, and a save killed half-way leaves its temporary file behind.
+        fd, tmp = tempfile.mkstemp(prefix=".ifn-saving-", suffix=".partial", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         _fsync_folder(path.parent)
+
+
+class PeriodicLastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` steps and when training ends, whatever the
+    validation metrics do.
+
+    A ``ModelCheckpoint`` that monitors a metric writes ``last.ckpt`` only together with a new
+    best checkpoint, so once the metric stops improving a kill loses everything since; this
+    one is the run's resume point. Pair it with a ``ModelCheckpoint(save_last=False, …)`` for
+    the best weights (two callbacks that both save ``last.ckpt`` would take turns naming
+    theirs ``last-v1.ckpt``).
+
+    Args:
+        dirpath: the checkpoint folder (default: Lightning's, below the log folder).
+        every_n_train_steps: the period, in optimizer steps.
+    """
+
+    def __init__(self, dirpath: _PATH | None = None, every_n_train_steps: int = 100) -> None:
+        if every_n_train_steps < 1:
+            raise ValueError(f"every_n_train_steps must be >= 1, got {every_n_train_steps}")
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_train_steps=every_n_train_steps)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning saves last.ckpt at the end only if it never saved one: the last steps
+        # after the last period would be lost.
+        if trainer.global_step != self._last_global_step_saved:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: Path) -> None:

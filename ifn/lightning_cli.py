@@ -212,9 +212,13 @@ class IFNLightningCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         finally:
-            claimed = getattr(self, "_claimed", None)
-            if claimed is not None:
-                release_run_folder(claimed)
+            self._release_folder()
+
+    def _release_folder(self) -> None:
+        claimed = getattr(self, "_claimed", None)
+        if claimed is not None:
+            release_run_folder(claimed)
+            self._claimed = None
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before anything is built, instead of Lightning's hyperparameter
@@ -241,8 +245,10 @@ class IFNLightningCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except UsageError:
+            self._release_folder()
             raise
         except (ValueError, OSError, MisconfigurationException) as err:
+            self._release_folder()
             raise UsageError(one_line(err)) from err
 
     def after_test(self) -> None:

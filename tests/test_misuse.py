@@ -178,3 +178,47 @@ def test_as_a_process_stderr_is_one_line_and_debug_gives_the_traceback(tmp_path,
     result = run(command, tmp_path, {**env, "IFN_DEBUG": "1"}, timeout=120)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "CheckpointNotFoundError" in result.stderr
+
+
+# ------------------------------------------------------------------------------ photo folders and resuming
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [("test", "test_dir"), ("predict", "predict_dir"), ("fit", "train_dir")],
+)
+def test_a_missing_photo_folder_is_one_line_naming_the_option_and_folder(capsys, tmp_path, command, option):
+    missing = tmp_path / "no_photos"
+    extra = ["--breeding.rounds=1", "--breeding.start_step=1", "--breeding.every_n_steps=1"] if command == "fit" else []
+    message = _one_line_error(capsys, [command, *SMALL_RUN, *extra, "--data.photos.detector=annotation",
+                                       f"--data.photos.{option}={missing}"])
+    assert message == f"data.photos.{option}: folder not found: {missing}"
+    a_file = tmp_path / "photo.jpg"
+    a_file.write_bytes(b"")
+    message = _one_line_error(capsys, [command, *SMALL_RUN, *extra, "--data.photos.detector=annotation",
+                                       f"--data.photos.{option}={a_file}"])
+    assert message == f"data.photos.{option}: not a folder: {a_file}"
+
+
+def test_a_photo_folder_without_faces_is_one_line(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no photos here\n")
+    message = _one_line_error(capsys, ["test", *SMALL_RUN, "--data.photos.detector=annotation",
+                                       f"--data.photos.test_dir={empty}", f"--data.photos.cache_dir={tmp_path / 'c'}"])
+    assert message.startswith(f"data.photos.test_dir: no face kept in {empty}: 1 path(s): 0 used")
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_resuming_from_an_empty_or_truncated_checkpoint_is_one_line(capsys, tmp_path, damage):
+    from ifn.callbacks.durable import AtomicCheckpointIO
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": np.zeros(1000)}, "global_step": 3}, path)
+    data = path.read_bytes()
+    path.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    message = _one_line_error(capsys, ["fit", *SMALL_RUN, f"--ckpt_path={path}"])
+    assert message.startswith(f"{path}: not a readable checkpoint, the file is truncated or damaged (")
+    # `--ckpt_path last` finds that file in the run's checkpoint folder: the same error.
+    message = _one_line_error(capsys, ["fit", *SMALL_RUN, f"--trainer.default_root_dir={tmp_path}", "--ckpt_path=last"])
+    assert message.startswith(f"{path}: not a readable checkpoint")

@@ -30,7 +30,7 @@ class RenderSettings:
     """Face model and rendering settings.
 
     Attributes:
-        face_model: ``"procedural"`` (built in) or a native ``.npz`` face model file.
+        face_model: ``"procedural"`` or ``"ict"`` (built in) or a native ``.npz`` face model file.
         n_shape: θs size (``None``: the paper's 128, or all the model has if fewer).
         n_expression: θe size (``None``: 64, or all).
         n_reflectance: θr size (``None``: 128, or all).

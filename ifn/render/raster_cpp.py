@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
@@ -64,11 +65,19 @@ _STATE: dict[str, Any] = {}
 
 
 def _first_error_line(message: str) -> str:
-    """The compiler's first error line in a build log (or the log's first line)."""
+    """The first line of a build log that says what went wrong.
+
+    Skips what ninja and cpp_extension wrap around it (the command lines, ``FAILED:``,
+    ``ninja: build stopped``); prefers a line with "error", else the first other line.
+    """
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    for line in lines:
-        if "error" in line.lower() and not line.lower().startswith("error building extension"):
+    wrapper = re.compile(r"^(error building extension|failed:|ninja:|\[\d+/\d+\])", re.IGNORECASE)
+    said = [line for line in lines if not wrapper.match(line) and not (" -c " in line and " -o " in line)]
+    for line in said:
+        if "error" in line.lower():
             return line
+    if said:
+        return said[0]
     return lines[0] if lines else "unknown error"
 
 
@@ -125,27 +134,29 @@ def load_kernel() -> None:
             fused32 = _addcmul_is_fused(torch.float32)
             fused64 = _addcmul_is_fused(torch.float64)
             _ensure_ninja_on_path()
-            # Importing cpp_extension logs a CUDA_HOME notice irrelevant to a CPU build.
+            # cpp_extension logs notices of its own (no CUDA runtime, compiler version
+            # checks): the outcome is reported once, below, so they stay quiet.
             cpp_logger = logging.getLogger("torch.utils.cpp_extension")
             level = cpp_logger.level
-            cpp_logger.setLevel(logging.ERROR)
+            cpp_logger.setLevel(logging.CRITICAL)
             try:
                 from torch.utils import cpp_extension
+
+                flags = ["-O3", "-fopenmp", "-ffp-contract=off"]
+                name = "ifn_raster_cpu"
+                if fused32 and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+                    flags += ["-mavx2", "-mfma"]  # inline FMA instructions instead of libm calls
+                    name += "_fma"
+                cpp_extension.load(
+                    name=name,
+                    sources=[str(_SOURCE)],
+                    extra_cflags=flags,
+                    extra_ldflags=["-fopenmp"],
+                    is_python_module=False,
+                    verbose=False,
+                )
             finally:
                 cpp_logger.setLevel(level)
-            flags = ["-O3", "-fopenmp", "-ffp-contract=off"]
-            name = "ifn_raster_cpu"
-            if fused32 and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-                flags += ["-mavx2", "-mfma"]  # inline FMA instructions instead of libm calls
-                name += "_fma"
-            cpp_extension.load(
-                name=name,
-                sources=[str(_SOURCE)],
-                extra_cflags=flags,
-                extra_ldflags=["-fopenmp"],
-                is_python_module=False,
-                verbose=False,
-            )
         except Exception as error:  # any build or load failure is reported, none hidden
             message = f"{_first_error_line(str(error))} (compiled CPU rasterizer {_SOURCE.name}; full log: {error})"
             _STATE["error"] = message

@@ -370,6 +370,15 @@ def test_auto_falls_back_with_one_warning_and_cpp_fails_loudly(fresh_selection, 
     )
     first = raster_cpp._first_error_line(log)
     assert first == "raster_cpu.cpp:3:10: fatal error: torch/library.h: No such file or directory"
+    missing = (
+        "Error building extension 'ifn_raster_cpu': [1/2] /opt/g++ -MMD -c raster_cpu.cpp -o raster_cpu.o\n"
+        "FAILED: raster_cpu.o\n/opt/g++ -MMD -c raster_cpu.cpp -o raster_cpu.o\n"
+        "/bin/sh: 1: /opt/g++: not found\nninja: build stopped: subcommand failed.\n"
+    )
+    assert raster_cpp._first_error_line(missing) == "/bin/sh: 1: /opt/g++: not found"
+    assert raster_cpp._first_error_line("Ninja is required to load C++ extensions") == (
+        "Ninja is required to load C++ extensions"
+    )
 
     def broken() -> None:
         raise RuntimeError(f"{first} (compiled CPU rasterizer raster_cpu.cpp; full log: {log})")

@@ -6,7 +6,7 @@ extension cache (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions`
 processes load the cached build in well under a second. It is hand-written because no
 library provides this rasterizer: it must return *exactly* the :class:`Fragments` of
 :class:`ifn.render.raster_torch.TorchRasterizer` (same fill rule on the same snapped grid,
-same float32 roundings, same depth-test keys), one image per thread, in one pass over each
+same float32 roundings, same depth-test keys), one image (or band of rows) per thread, in one pass over each
 image's triangles and one over its pixels. :func:`interpolate` gives the torch path's
 values bit for bit; its backward (w.r.t. the attributes) is a C++ loop too.
 

@@ -23,11 +23,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <limits>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <tuple>
 #include <vector>
 

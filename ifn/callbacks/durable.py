@@ -44,6 +44,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -321,6 +322,7 @@ class ResumedCSVLogger(CSVLogger):
         self.resume_step = int(resume_step)
 
     @property
+    @rank_zero_experiment  # other DDP ranks must not rewrite the file
     def experiment(self) -> ExperimentWriter:  # type: ignore[override]
         if self._experiment is not None:
             return self._experiment

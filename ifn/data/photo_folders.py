@@ -110,7 +110,6 @@ class PhotoFolders:
                 progress=progress,
                 margin=self.margin,
             )
-            rank_zero_info(f"[ifn] photos ({role}): {self._corpora[role].summary_line()}")
         return self._corpora[role]
 
     def nonempty_corpus(self, role: PhotoRole, progress: bool = True) -> RealFaceCorpus:

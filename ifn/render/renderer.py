@@ -167,7 +167,8 @@ class FaceRenderer(nn.Module):
         camera_distance: camera distance from the face centre in millimetres; only the
             strength of perspective depends on it because framing rescales the image.
         margin: pixels left free on each side when fitting the landmark bounding box.
-        backend: ``"auto"`` (nvdiffrast on CUDA when available, else torch), ``"torch"`` or
+        backend: ``"auto"`` (nvdiffrast on CUDA when available; on the CPU the compiled
+            kernel chosen by ``IFN_RASTER_KERNEL``, else torch), ``"cpp"``, ``"torch"`` or
             ``"nvdiffrast"``.
         clip_to_landmarks: draw the face region by the same rule as a real photo's mask —
             the polygon of the projected landmarks (jaw and brows, minus the inner lips,

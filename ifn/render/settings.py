@@ -38,8 +38,9 @@ class RenderSettings:
         camera_distance: camera distance from the face centre in millimetres; only the
             strength of perspective depends on it, because framing rescales the image.
         margin: pixels left free on each side when framing the landmark bounding box.
-        backend: rasterizer: ``auto`` (nvdiffrast on CUDA when installed, else torch),
-            ``torch`` or ``nvdiffrast``.
+        backend: rasterizer: ``auto`` (nvdiffrast on CUDA when installed; on the CPU the
+            compiled kernel chosen by ``IFN_RASTER_KERNEL``, else torch), ``cpp``, ``torch``
+            or ``nvdiffrast``.
         clip_to_landmarks: draw the face region by the rule real photos are masked with (the
             polygon of the projected landmarks), the painted region only as an outer bound.
 

@@ -10,7 +10,6 @@ loaded.
 from __future__ import annotations
 
 import inspect
-
 import os
 from typing import Any
 

@@ -14,9 +14,12 @@ Each figure is the median (and 10th/90th percentile) over ``--runs`` calls after
 detect 68 landmarks (MediaPipe, ifn's default detector) and crop every face, per photo.
 
 Prints one JSON line (``--indent 2`` for people), with the load average before and after:
-timings on a shared machine are only as good as its load::
+timings on a shared machine are only as good as its load. There, ``--wait-policy passive``
+(idle threads sleep instead of spinning) keeps 2-thread runs from waiting on a core that
+another job holds; on an idle machine the default (the libraries' spinning) is the fastest::
 
     python benchmarks/inference.py
+    python benchmarks/inference.py --wait-policy passive     # a machine shared with other jobs
     python benchmarks/inference.py --backbones mobilenetv3_small_100 --sizes 128 --runs 500
 """
 
@@ -31,9 +34,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
-import torch
 
 #: Issue 10's target: onnxruntime, a mobile backbone at 128², 2 threads, batch 1.
 TARGET_MS = 1.0
@@ -54,6 +54,8 @@ def _time_ms(fn, runs: int, warmup: int) -> dict[str, float]:
 
 
 def _regressor_rows(backbone: str, size: int, threads: list[int], args, workdir: Path) -> list[dict]:
+    import torch
+
     from ifn.models.export import CropRegressor, OnnxRegressor, export_model, load_torchscript
     from ifn.models.inverse_face_net import InverseFaceNet
     from ifn.render.settings import RenderSettings
@@ -72,7 +74,7 @@ def _regressor_rows(backbone: str, size: int, threads: list[int], args, workdir:
     rows = []
     for n in threads:
         torch.set_num_threads(n)
-        ort_regressor = OnnxRegressor(stem.with_suffix(".onnx"), threads=n)
+        ort_regressor = OnnxRegressor(stem.with_suffix(".onnx"), threads=n, spinning=args.wait_policy == "spin")
         with torch.inference_mode():
             runtimes = {
                 "eager": lambda: eager(crop),
@@ -88,6 +90,8 @@ def _regressor_rows(backbone: str, size: int, threads: list[int], args, workdir:
 
 
 def _photo_rows(args) -> dict:
+    import torch
+
     from ifn.data.landmarks import MediapipeLandmarks
     from ifn.data.photos import crop_face, read_image
 
@@ -141,10 +145,20 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=8, help="photos timed for detection + crop (0: none)")
     parser.add_argument("--photo-repeats", type=int, default=3)
     parser.add_argument("--crop-size", type=int, default=240)
+    parser.add_argument(
+        "--wait-policy", choices=["spin", "passive"], default="spin",
+        help="spin: the libraries' defaults (idle threads spin: best on an idle machine); passive: "
+        "OMP_WAIT_POLICY=PASSIVE and no onnxruntime spinning (idle threads sleep: best when other jobs share the CPU)",
+    )
     parser.add_argument("--indent", type=int, default=None)
     args = parser.parse_args()
+    if args.wait_policy == "passive":
+        # Read by OpenMP when torch loads it, so before the import.
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
+    import numpy as np
     import onnxruntime
+    import torch
 
     load_before = os.getloadavg()
     started = time.time()
@@ -160,6 +174,7 @@ def main() -> None:
         "benchmark": "inference",
         "unit": "ms per crop, batch 1, crop -> theta including input normalisation",
         "statistic": f"median over {args.runs} calls after {args.warmup} warm-up calls",
+        "wait_policy": args.wait_policy,
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "load_average_before": [round(v, 2) for v in load_before],
                     "load_average_after": [round(v, 2) for v in os.getloadavg()]},

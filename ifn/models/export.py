@@ -577,10 +577,14 @@ def _check_crops(crops: np.ndarray, metadata: ExportMetadata) -> np.ndarray:
 class _OnnxSession:
     """An onnxruntime session on a serialised model, fed numpy crops."""
 
-    def __init__(self, model: bytes | str, threads: int | None) -> None:
+    def __init__(self, model: bytes | str, threads: int | None, spinning: bool = True) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        if not spinning:
+            # Idle worker threads sleep instead of spinning: on a machine shared with other jobs
+            # a spinning thread holds a core that the other thread of the same run is waiting for.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be >= 1, got {threads}")
@@ -600,6 +604,8 @@ class OnnxRegressor:
     Args:
         path: a ``.onnx`` file written by ``ifn export``.
         threads: onnxruntime's intra-op threads (``None``: its default, one per core).
+        spinning: let idle threads spin (onnxruntime's default, lowest latency on an idle
+            machine); ``False`` makes them sleep, which is faster on a machine busy with other jobs.
 
     Attributes:
         metadata: the export's :class:`ExportMetadata`.
@@ -613,13 +619,13 @@ class OnnxRegressor:
         theta = regressor(crops)  # (B, 3, S, S) float32 in [0, 1] → (B, m)
     """
 
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None, spinning: bool = True) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ExportError(f"{self.path}: exported model not found")
         proto = _load_onnx(self.path)
         self.metadata = _onnx_metadata(proto, str(self.path))
-        self._session = _OnnxSession(proto.SerializeToString(), threads)
+        self._session = _OnnxSession(proto.SerializeToString(), threads, spinning)
 
     def __call__(self, crops: np.ndarray | Tensor) -> np.ndarray | Tensor:
         """``(B, 3, S, S)`` crops (float in [0, 1], or uint8) → θ ``(B, m)`` float32.

@@ -138,8 +138,9 @@ def test_onnx_file_runs_in_a_plain_onnxruntime_session(exports, model):
 def test_a_float_export_accepts_uint8_crops_and_refuses_wrong_shapes(exports, model):
     crops = _crops(2, seed=7, dtype="uint8")
     onnx_regressor, script = OnnxRegressor(exports["onnx"][0], threads=1), load_torchscript(exports["torchscript"][0])
+    sleeping = OnnxRegressor(exports["onnx"][0], threads=2, spinning=False)
     for theta in (onnx_regressor(crops.numpy()), script(crops).numpy(), onnx_regressor(crops).numpy(),
-                  script(crops.numpy()).numpy()):
+                  script(crops.numpy()).numpy(), sleeping(crops.numpy())):
         assert np.abs(theta - _reference(model, crops)).max() <= TOLERANCE
     assert isinstance(onnx_regressor(crops), torch.Tensor)  # a tensor in, a tensor out
     for regressor in (onnx_regressor, script):
@@ -149,6 +150,8 @@ def test_a_float_export_accepts_uint8_crops_and_refuses_wrong_shapes(exports, mo
             regressor(np.zeros((3, SIZE, SIZE), np.float32))  # no batch axis
         with pytest.raises(TypeError, match="int64"):
             regressor(np.zeros((1, 3, SIZE, SIZE), np.int64))
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        OnnxRegressor(exports["onnx"][0], threads=0)
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))

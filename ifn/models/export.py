@@ -397,7 +397,8 @@ def export_model(
     both files are written atomically.
 
     Args:
-        model: a trained network (its backbone, face model and render settings are exported).
+        model: a trained network (its backbone, face model and render settings are exported);
+            it is moved to the CPU and put in eval mode.
         path: the file to write (``.onnx``; ``.pt`` or ``.ts`` for TorchScript).
         format: ``"onnx"`` or ``"torchscript"``.
         input_dtype: ``"float32"`` (crops in [0, 1]) or ``"uint8"`` (crops in [0, 255]).

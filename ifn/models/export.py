@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import inspect
 import io
 import json
 import os
@@ -486,34 +485,16 @@ def _load_trained(path: Path, face_model: str | None) -> tuple[InverseFaceNet, d
     Never downloads: a checkpoint records ``pretrained``/``backbone_checkpoint``, which only
     chose the starting weights that the checkpoint's weights replace, so they are dropped.
     """
-    from ifn.models.checkpoint import check_face_model, read_checkpoint, recorded_settings, weights_sha256
+    from ifn.models.checkpoint import read_checkpoint, weights_sha256
     from ifn.models.inverse_face_net import InverseFaceNet
 
     checkpoint = read_checkpoint(path)
     record = checkpoint.get("ifn") or {}
     recorded_hash = record.get("weights_sha256") or weights_sha256(checkpoint["state_dict"])
     info = {"file": path.name, "weights_sha256": recorded_hash}
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
     try:
-        if not (hparams.get("pretrained") or hparams.get("backbone_checkpoint")):
-            return InverseFaceNet.from_checkpoint(path, face_model=face_model, backend="torch"), info
-        # InverseFaceNet.from_checkpoint would rebuild the backbone with pretrained=True
-        # (a download) or from a backbone file that may be gone: the same steps, without them.
-        settings = recorded_settings(checkpoint)
-        if settings is None:
-            raise UsageError(f"{path} records no render settings; it was written by an older ifn")
-        overrides: dict[str, Any] = {"backend": "torch"}
-        if face_model is not None:
-            overrides["face_model"] = face_model
-        renderer = settings.replace(**overrides).build_renderer()
-        check_face_model(checkpoint, renderer, str(path))
-        # Only the class's own arguments: LightningCLI also records its bookkeeping (``_instantiator``).
-        accepted = inspect.signature(InverseFaceNet.__init__).parameters
-        kwargs = {k: v for k, v in hparams.items() if k in accepted and k != "renderer"}
-        kwargs.update(pretrained=False, backbone_checkpoint=None)
-        model = InverseFaceNet(renderer, **kwargs)
-        model.load_state_dict(checkpoint["state_dict"])
-        return model.eval(), info
+        # from_checkpoint never downloads: the starting weights are not rebuilt.
+        return InverseFaceNet.from_checkpoint(path, face_model=face_model, backend="torch"), info
     except UsageError:
         raise
     except (OSError, ValueError) as err:  # the face model file is gone or damaged

@@ -169,9 +169,12 @@ class InverseFaceNet(L.LightningModule):
         renderer = settings.replace(**overrides).build_renderer()
         check_face_model(checkpoint, renderer, str(path))
         # Only this class's own arguments: LightningCLI also records its bookkeeping
-        # (``_instantiator``, ``_class_path``) among the hyper-parameters.
+        # (``_instantiator``, ``_class_path``) among the hyper-parameters. The starting
+        # weights (``pretrained``, ``backbone_checkpoint``) are replaced by the checkpoint's:
+        # rebuilding them would mean a download, or a backbone file that may be gone.
         accepted = inspect.signature(cls.__init__).parameters
         hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted and k != "renderer"}
+        hparams.update(pretrained=False, backbone_checkpoint=None)
         model = cls(renderer, **hparams)
         model.load_state_dict(checkpoint["state_dict"])
         return model.eval()

@@ -32,6 +32,7 @@ from typing import IO, Any
 __all__ = [
     "PATH_ENCODING",
     "atomic_write",
+    "fsync_folder",
     "path_text",
     "tensors_sha256",
     "writable",
@@ -124,12 +125,32 @@ def _umask() -> int:
     return mask
 
 
+def fsync_folder(folder: str | os.PathLike[str]) -> None:
+    """Make a rename in ``folder`` durable (not every file system lets a folder be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_write(
+    path: str | os.PathLike[str],
+    mode: str = "wb",
+    *,
+    prefix: str | None = None,
+    suffix: str = ".tmp",
+    durable_rename: bool = False,
+    **open_kwargs: Any,
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
 
     The file gets the permissions a plain ``open()`` would give (``mkstemp`` alone makes
     it private). On any exception the temporary file is removed and ``path`` is untouched.
+    ``prefix``/``suffix`` name the temporary file (default ``.<name>.<random>.tmp``);
+    ``durable_rename`` also fsyncs the folder, so the rename survives a power loss.
 
     Example:
         >>> import tempfile, pathlib
@@ -141,7 +162,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}." if prefix is None else prefix, suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
@@ -152,6 +173,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", **open_kwargs: 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable_rename:
+        fsync_folder(path.parent)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:

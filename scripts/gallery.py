@@ -4,39 +4,17 @@
     python scripts/gallery.py --face-model procedural --face-model /tmp/ict.npz
 
 Faces are drawn from the synthetic prior (ifn.data.priors) (the paper's monochrome light); the first row
-of each sheet is the mean face under frontal white light, then yaw −40°…40°.
+of each sheet is the mean face under frontal white light, then yaw −40°…40°. The pictures are
+`ifn facemodel render` sheets without the landmarks.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-import torch
-from torchvision.utils import make_grid, save_image
-
-from ifn.data.priors import ParameterPrior
 from ifn.facemodel import load_face_model
-from ifn.render import FaceRenderer
-
-
-def sheet(spec: str, rows: int, cols: int, size: int, seed: int) -> torch.Tensor:
-    face_model = load_face_model(spec)
-    renderer = FaceRenderer(face_model, image_size=size, backend="torch")
-    layout = renderer.layout
-    first = torch.zeros(cols, layout.size)
-    first[:, 1] = torch.linspace(-math.radians(40), math.radians(40), cols)
-    light = layout.slices["illumination"].start
-    first[:, light : light + 3] = 0.9
-    first[:, light + 6 : light + 9] = 0.15  # a little light from the front
-    random = ParameterPrior().sample(
-        layout, (rows - 1) * cols, expression_prior=face_model.metadata.expression_prior,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    with torch.no_grad():
-        images = renderer(torch.cat([first, random])).image
-    return make_grid(images, nrow=cols, padding=2)
+from ifn.facemodel.cli import render_sheet
 
 
 def main() -> None:
@@ -49,10 +27,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     for spec in args.face_model or ["procedural"]:
-        name = load_face_model(spec).name
-        path = Path(args.out) / f"gallery_{name}.png"
+        model = load_face_model(spec)
+        path = Path(args.out) / f"gallery_{model.name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(sheet(spec, args.rows, args.cols, args.size, args.seed), path)
+        render_sheet(model, path, rows=args.rows - 1, cols=args.cols, size=args.size, seed=args.seed, landmarks=False)
         print(path)
 
 

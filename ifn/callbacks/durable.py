@@ -98,18 +98,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         # The temporary name must not contain "last": `--ckpt_path last` picks the newest
         # file whose name does, and a save killed half-way leaves its temporary file behind.
-        fd, tmp = tempfile.mkstemp(prefix=".ifn-saving-", suffix=".partial", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_folder(path.parent)
+        with atomic_write(path, prefix=".ifn-saving-", suffix=".partial", durable_rename=True) as handle:
+            torch.save(checkpoint, handle)
 
 
 class PeriodicLastCheckpoint(ModelCheckpoint):
@@ -137,22 +127,6 @@ class PeriodicLastCheckpoint(ModelCheckpoint):
         # after the last period would be lost.
         if trainer.global_step != self._last_global_step_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (not every file system lets a folder be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------

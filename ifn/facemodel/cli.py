@@ -202,7 +202,7 @@ def _summary(model: FaceModel) -> dict:
 
 
 def render_sheet(model: FaceModel, output: str | Path, *, rows: int = 3, cols: int = 6, size: int = 128,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, landmarks: bool = True) -> dict[str, Any]:
     """Write a PNG sheet: the mean face at yaw −40°…40°, then random faces from the prior.
 
     Landmarks are drawn as green dots. The returned dict (printed by the CLI) says how many
@@ -216,6 +216,7 @@ def render_sheet(model: FaceModel, output: str | Path, *, rows: int = 3, cols: i
         cols: faces per row.
         size: pixels per face.
         seed: seed of the random faces.
+        landmarks: draw the landmarks (off for pictures such as the README's gallery).
 
     Returns:
         ``{"written", "faces", "landmarks_in_frame", "landmarks_on_face", "face_coverage"}``.
@@ -247,7 +248,7 @@ def render_sheet(model: FaceModel, output: str | Path, *, rows: int = 3, cols: i
     # The outline landmarks are the clip polygon's corners: "on the face" allows one pixel.
     near_face = torch.nn.functional.max_pool2d(out.mask, 3, stride=1, padding=1)
     on_face = near_face[batch, 0, px[..., 1], px[..., 0]] > 0
-    dot = max(1, size // 96)
+    dot = max(1, size // 96) if landmarks else -1  # -1: no offsets, nothing drawn
     green = torch.tensor([0.1, 1.0, 0.2])
     for dy in range(-dot, dot + 1):
         for dx in range(-dot, dot + 1):

@@ -84,10 +84,9 @@ def load_light(spec: str | os.PathLike[str]) -> Tensor:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UsageError(f"{path}: cannot read a light from it ({err})") from err
     if isinstance(payload, dict):
-        payload = payload.get(
-            "illumination_sh_rgb",
-            payload.get("theta", {}).get("illumination_sh_rgb") if isinstance(payload.get("theta"), dict) else None,
-        )
+        theta = payload.get("theta")
+        nested = theta.get("illumination_sh_rgb") if isinstance(theta, dict) else None
+        payload = payload.get("illumination_sh_rgb", nested)
     try:
         light = torch.tensor(payload, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError) as err:

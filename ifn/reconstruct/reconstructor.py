@@ -254,7 +254,8 @@ class Reconstructor:
                 ]
             with torch.no_grad():
                 layers = self.renderer.layers(final)
-                landmarks_out = self.renderer(final).landmarks
+                # The landmarks need only pose and projection, not a second rasterization.
+                _, landmarks_out = self.renderer.project(self.renderer.pose(self.layout.split(final)))
                 photometric, _ = photometric_error_per_image(layers.image, image, mask)
                 iou, _ = mask_iou_per_image(layers.mask, mask)
             for i, crop in enumerate(chunk):

@@ -354,20 +354,26 @@ def _html(faces: list[dict[str, Any]], paths: list[dict[str, Any]], summary: dic
     )
 
 
+def _kind(found: FoundPath) -> str | None:
+    """``"image"``, ``"video"`` (the listing ignores videos by type; they are read here) or ``None``."""
+    if found.status == "image":
+        return "image"
+    if found.status == "ignored" and found.path.suffix.lower() in VIDEO_EXTENSIONS and found.path.is_file():
+        return "video"
+    return None
+
+
 def _sources(found: list[FoundPath], every: int) -> tuple[list[_Source], list[dict[str, Any]]]:
     """Photos and video frames to read, and entries for what is not read."""
     entries: list[dict[str, Any]] = []
     sources: list[_Source] = []
-    videos = [
-        f for f in found if f.status == "ignored" and f.path.suffix.lower() in VIDEO_EXTENSIONS and f.path.is_file()
-    ]
-    images = [f for f in found if f.status == "image"]
-    names = output_names([os.fspath(f.path) for f in images + videos])
-    for f in found:
+    kinds = [_kind(f) for f in found]
+    names = output_names([os.fspath(f.path) for f, kind in zip(found, kinds, strict=True) if kind])
+    for f, kind in zip(found, kinds, strict=True):
         text = os.fspath(f.path)
-        if f in images:
+        if kind == "image":
             sources.append(_Source(text, display_path(f.path), names[text], f.path))
-        elif f in videos:
+        elif kind == "video":
             frames, reason = _video_frames(f.path, every)
             if reason:
                 entries.append({"path": display_path(f.path), "status": "skipped", "reason": reason, "faces": []})

@@ -63,6 +63,10 @@ class InverseFaceNet(L.LightningModule):
             squared colour error, in [0, 1] units inside the input's mask, between the render
             of the prediction and the synthetic input. It reaches appearance through the
             pixels it changes; 0 turns it off.
+        mode_exponent: with ``balanced_loss``, how each group's share is split among its
+            modes: 1 by σ² (the paper's model-space weighting, under which a group's weaker
+            modes get almost no gradient and stay at their mean), 0 evenly, the default (see
+            :class:`~ifn.models.losses.ModelSpaceLoss`).
         optimizer: optimizer factory (default: AdaDelta, lr 0.01, weight decay 0.001).
         lr_scheduler: optional scheduler factory.
 
@@ -89,6 +93,7 @@ class InverseFaceNet(L.LightningModule):
         balanced_loss: bool = True,
         prior_source: PriorSource | None = None,
         photometric_weight: float = 0.0,
+        mode_exponent: float = 0.0,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -116,6 +121,7 @@ class InverseFaceNet(L.LightningModule):
             euclidean=euclidean_loss,
             balanced=balanced_loss,
             prior_variance=prior_variance,
+            mode_exponent=mode_exponent if balanced_loss else 1.0,
         )
         self.evaluators = nn.ModuleDict(
             {"val": Evaluator(renderer, "val"), "test": Evaluator(renderer, "test", keep_per_image=True)}

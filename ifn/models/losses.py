@@ -13,6 +13,15 @@ prediction of the prior mean would make on average, so
 appearance groups carry a tiny share of the loss and so of the gradient, and the network
 learns to predict their mean.
 
+Within a group (``mode_exponent`` α): the model-space weighting (α = 1) makes a mode's
+error cost σ_i² — what it does to the face — so a model's strongest mode dominates its group
+and the weaker modes, still well visible in the image, get almost no gradient: the network
+learns the first mode of each group and the mean of the rest. With α < 1 the per-entry scale
+becomes ``(σ_i/√V)^α · Var_prior(θ_i)^((α−1)/2)`` before the groups are balanced, so at the
+prior mean entry i's expected loss is proportional to ``(σ_i/√V)^(2α)``: α = 0 counts every
+mode of a group the same (its error relative to its prior spread), α = ½ splits the group's
+share by each mode's RMS effect instead of its square.
+
 Convention:
     σ here is the RMS *per-vertex* effect of one unit of θ: ``σ_i / √V`` for the stored
     standard deviation σ_i of an orthonormal ``3V``-dimensional mode (millimetres of
@@ -48,6 +57,8 @@ class ModelSpaceLoss(nn.Module):
         balanced: make the ω's the groups' shares of the expected loss at the prior mean.
         prior_variance: ``(m,)`` per-entry variance of θ under the training prior (needed
             when ``balanced``; :meth:`ifn.data.priors.ParameterPrior.moments`).
+        mode_exponent: α in [0, 1], how a group's share is split among its modes (1: by
+            σ², the model-space weighting; 0: evenly). Needs ``balanced``.
 
     Example:
         >>> from ifn.facemodel import procedural_face_model
@@ -70,6 +81,7 @@ class ModelSpaceLoss(nn.Module):
         euclidean: bool = False,
         balanced: bool = False,
         prior_variance: Tensor | None = None,
+        mode_exponent: float = 1.0,
     ) -> None:
         super().__init__()
         self.layout = ParamLayout.for_face_model(face_model)
@@ -77,6 +89,11 @@ class ModelSpaceLoss(nn.Module):
         self.balanced = balanced
         if balanced and euclidean:
             raise ValueError("a loss is either euclidean or balanced, not both")
+        if not 0.0 <= mode_exponent <= 1.0:
+            raise ValueError(f"mode_exponent must be in [0, 1], got {mode_exponent}")
+        if mode_exponent != 1.0 and not balanced:
+            raise ValueError("mode_exponent other than 1 needs balanced=True (and the prior's variance)")
+        self.mode_exponent = mode_exponent
         if balanced and (prior_variance is None or prior_variance.shape != (self.layout.size,)):
             raise ValueError(f"balanced needs the prior's per-entry variance, shape ({self.layout.size},)")
         self.weights = {
@@ -99,7 +116,9 @@ class ModelSpaceLoss(nn.Module):
             }
             if balanced:
                 assert prior_variance is not None
-                scale = torch.cat(list(stds.values())).double()
+                scale = torch.cat(list(stds.values())).double() ** mode_exponent
+                if mode_exponent != 1.0:
+                    scale = scale * prior_variance.double().clamp_min(1e-12) ** ((mode_exponent - 1.0) / 2)
                 for group, cols in self.layout.slices.items():
                     if cols.stop == cols.start:
                         continue
@@ -117,7 +136,8 @@ class ModelSpaceLoss(nn.Module):
         if self.euclidean:
             return "euclidean=True"
         weights = ", ".join(f"{k}_weight={v:g}" for k, v in self.weights.items())
-        return weights + (", balanced=True" if self.balanced else "")
+        extra = f", balanced=True, mode_exponent={self.mode_exponent:g}" if self.balanced else ""
+        return weights + extra
 
     def per_group(self, prediction: Tensor, target: Tensor) -> dict[str, Tensor]:
         """Each group's share of the loss, averaged over the batch."""

@@ -206,3 +206,22 @@ def test_photometric_term_is_the_masked_colour_mse_and_reaches_appearance():
         assert prediction.grad[:, layout.slices[group]].abs().sum() > 0, group
     with pytest.raises(ValueError, match="photometric_weight"):
         InverseFaceNet(dm.renderer, backbone=SMALL, photometric_weight=-1.0)
+
+
+def test_default_loss_is_balanced_with_every_mode_of_a_group_counting_the_same():
+    """By default each group's share is split evenly among its entries: at the prior mean every
+    shape, expression and reflectance entry expects the loss 1/|group| (equal shares of 1)."""
+    from ifn.data.priors import ParameterPrior
+
+    model = InverseFaceNet(backbone=SMALL, renderer=_renderer())
+    layout = model.layout
+    expression_prior = model.face_model.metadata.expression_prior
+    mean, variance = ParameterPrior().moments(layout, expression_prior=expression_prior)
+    expected = model.loss.scale.double() ** 2 * variance  # E[(s_i (θ_i − mean_i))²], entry by entry
+    for group, cols in layout.slices.items():
+        assert torch.allclose(expected[cols], torch.full_like(expected[cols], 1 / (cols.stop - cols.start))), group
+    # The paper's σ² weighting within a group is one option away; it differs from the default.
+    sigma2 = InverseFaceNet(backbone=SMALL, renderer=_renderer(), mode_exponent=1.0).loss.scale.double() ** 2
+    shape = layout.slices["shape"]
+    effect = model.face_model.shape_std.double() ** 2
+    assert torch.allclose((sigma2 * variance)[shape], effect / effect.sum())

@@ -114,3 +114,35 @@ def test_balanced_loss_keeps_model_space_weighting_within_a_group(toy_face_model
         ModelSpaceLoss(toy_face_model, balanced=True)
     with pytest.raises(ValueError, match="either euclidean or balanced"):
         ModelSpaceLoss(toy_face_model, balanced=True, euclidean=True, prior_variance=variance)
+
+
+@pytest.mark.parametrize("exponent", [0.0, 0.5])
+def test_mode_exponent_sets_each_modes_expected_share_within_its_group(toy_face_model, exponent):
+    """At the prior mean, entry i of a group costs ∝ (σ_i/√V)^(2α) on average: α = 0 makes every mode
+    of a group count the same, α = 1 is the model-space weighting; each group still totals its ω."""
+    from ifn.data.priors import ParameterPrior
+
+    prior = ParameterPrior()
+    expression_prior = toy_face_model.metadata.expression_prior
+    layout = ParamLayout.for_face_model(toy_face_model)
+    mean, variance = prior.moments(layout, expression_prior=expression_prior)
+    loss = ModelSpaceLoss(toy_face_model, shape_weight=2.0, balanced=True, prior_variance=variance,
+                          mode_exponent=exponent)
+    theta = prior.sample(layout, 200_000, expression_prior=expression_prior, generator=torch.Generator().manual_seed(1))
+    per_entry = ((mean.float() - theta) * loss.scale).pow(2).mean(0)
+    per_vertex = toy_face_model.n_vertices**-0.5
+    stds = {"shape": toy_face_model.shape_std, "expression": toy_face_model.expression_std,
+            "reflectance": toy_face_model.reflectance_std}
+    for group, std in stds.items():
+        cols = layout.slices[group]
+        effect = (std.double() * per_vertex) ** (2 * exponent)
+        expected = loss.weights[group] * effect / effect.sum()  # by hand: the share, split by σ^(2α)
+        assert torch.allclose(per_entry[cols].double(), expected, rtol=0.03), group
+    # Rotation and light have no σ: their entries split the group's ω by prior variance alone (α = 0 ⇒ evenly).
+    if exponent == 0.0:
+        rotation = per_entry[layout.slices["rotation"]]
+        assert torch.allclose(rotation, torch.full_like(rotation, loss.weights["rotation"] / 3), rtol=0.03)
+    with pytest.raises(ValueError, match="mode_exponent"):
+        ModelSpaceLoss(toy_face_model, mode_exponent=0.5)
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        ModelSpaceLoss(toy_face_model, balanced=True, prior_variance=variance, mode_exponent=1.5)

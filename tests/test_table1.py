@@ -39,11 +39,17 @@ def test_summary_and_markdown_by_value(load_script):
 def test_rows_turn_breeding_off_except_the_breeding_row(load_script):
     table1 = load_script("table1")
     rows = table1.rows("resnet50")
-    assert rows["model_space_breeding"] == []
+    assert "--breeding.rounds" not in rows["model_space_breeding"]
     for name in ("euclidean", "model_space", "deep"):
         assert rows[name][-2:] == ["--breeding.rounds", "0"], name
     assert "--model.euclidean_loss" in rows["euclidean"] and "resnet50" in rows["deep"]
     assert "deep" not in table1.rows(None)
+    # The model-space rows are the paper's σ² weighting within a group unless told otherwise.
+    for name in ("model_space", "model_space_breeding", "deep"):
+        at = rows[name].index("--model.mode_exponent")
+        assert rows[name][at + 1] == "1", name
+        assert table1.rows("resnet50", 0.0)[name][at + 1] == "0", name
+    assert "--model.mode_exponent" not in rows["euclidean"]
 
 
 @pytest.mark.slow

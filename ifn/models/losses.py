@@ -116,9 +116,15 @@ class ModelSpaceLoss(nn.Module):
             }
             if balanced:
                 assert prior_variance is not None
-                scale = torch.cat(list(stds.values())).double() ** mode_exponent
+                scale = torch.cat(list(stds.values())).double()
                 if mode_exponent != 1.0:
-                    scale = scale * prior_variance.double().clamp_min(1e-12) ** ((mode_exponent - 1.0) / 2)
+                    spread = prior_variance.double().sqrt()
+                    # An entry the prior holds fixed has no spread to measure it in: it keeps
+                    # the model-space scale, so a prediction away from the constant still costs.
+                    varies = spread > 0
+                    scale = torch.where(
+                        varies, scale**mode_exponent * spread.where(varies, 1.0) ** (mode_exponent - 1.0), scale
+                    )
                 for group, cols in self.layout.slices.items():
                     if cols.stop == cols.start:
                         continue

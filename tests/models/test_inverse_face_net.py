@@ -216,7 +216,7 @@ def test_default_loss_is_balanced_with_every_mode_of_a_group_counting_the_same()
     model = InverseFaceNet(backbone=SMALL, renderer=_renderer())
     layout = model.layout
     expression_prior = model.face_model.metadata.expression_prior
-    mean, variance = ParameterPrior().moments(layout, expression_prior=expression_prior)
+    _, variance = ParameterPrior().moments(layout, expression_prior=expression_prior)
     expected = model.loss.scale.double() ** 2 * variance  # E[(s_i (θ_i − mean_i))²], entry by entry
     for group, cols in layout.slices.items():
         assert torch.allclose(expected[cols], torch.full_like(expected[cols], 1 / (cols.stop - cols.start))), group

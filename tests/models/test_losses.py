@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -146,3 +148,19 @@ def test_mode_exponent_sets_each_modes_expected_share_within_its_group(toy_face_
         ModelSpaceLoss(toy_face_model, mode_exponent=0.5)
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         ModelSpaceLoss(toy_face_model, balanced=True, prior_variance=variance, mode_exponent=1.5)
+
+
+def test_mode_exponent_keeps_an_entry_the_prior_holds_fixed_finite_and_costly(toy_face_model):
+    from ifn.data.priors import ParameterPrior
+
+    layout = ParamLayout.for_face_model(toy_face_model)
+    prior = ParameterPrior(roll_deg=0.0)  # roll never varies
+    _, variance = prior.moments(layout, expression_prior=toy_face_model.metadata.expression_prior)
+    roll = layout.slices["rotation"].start + 2
+    assert variance[roll] == 0
+    loss = ModelSpaceLoss(toy_face_model, balanced=True, prior_variance=variance, mode_exponent=0.0)
+    assert torch.isfinite(loss.scale).all()
+    # Pitch and yaw share rotation's ω evenly (U(−a, a): variance a²/3); roll still costs like them per radian.
+    pitch_yaw = math.radians(prior.pitch_yaw_deg)
+    assert loss.scale[roll - 2].item() ** 2 * pitch_yaw**2 / 3 == pytest.approx(loss.weights["rotation"] / 2, rel=1e-5)
+    assert loss.scale[roll] > 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -32,7 +33,10 @@ from typing import IO, Any
 __all__ = [
     "PATH_ENCODING",
     "atomic_write",
+    "csv_text",
+    "default_file_mode",
     "fsync_folder",
+    "json_text",
     "path_text",
     "tensors_sha256",
     "writable",
@@ -119,10 +123,27 @@ def _has_surrogate(text: str) -> bool:
     return any("\ud800" <= char <= "\udfff" for char in text)
 
 
-def _umask() -> int:
+def default_file_mode() -> int:
+    """The permissions ``open()`` gives a new file: ``0o666`` less the process umask
+    (``mkstemp`` makes its files private; files written through one get these instead)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
+
+
+def json_text(payload: Any) -> str:
+    """``payload`` as indented, key-sorted JSON with a final newline; strings holding lone
+    surrogates (names that are not UTF-8) are written by :func:`path_text`."""
+    return json.dumps(writable(payload), indent=2, sort_keys=True) + "\n"
+
+
+def csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """``rows`` as CSV with a header line; strings holding lone surrogates by :func:`path_text`."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(writable(row) for row in rows)
+    return buffer.getvalue()
 
 
 def fsync_folder(folder: str | os.PathLike[str]) -> None:
@@ -168,7 +189,7 @@ def atomic_write(
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -190,7 +211,7 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
     Strings holding lone surrogates (names that are not UTF-8) are written by :func:`path_text`.
     """
     with atomic_write(path, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(writable(payload), indent=2, sort_keys=True) + "\n")
+        handle.write(json_text(payload))
     return Path(path)
 
 
@@ -200,9 +221,7 @@ def write_csv_atomic(path: str | os.PathLike[str], rows: list[dict[str, Any]], c
     Strings holding lone surrogates (names that are not UTF-8) are written by :func:`path_text`.
     """
     with atomic_write(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(writable(row) for row in rows)
+        handle.write(csv_text(rows, columns))
     return Path(path)
 
 

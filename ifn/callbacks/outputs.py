@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from typing import Any
 
 import lightning as L
 
-from ifn.io import atomic_write, path_text, writable
+from ifn.io import atomic_write, default_file_mode, json_text, path_text
 
 __all__ = ["PhotoReportWriter", "candidate_names", "fresh_directory", "write_new", "write_new_json"]
 
@@ -45,12 +44,6 @@ def candidate_names(path: str | os.PathLike[str]) -> Iterator[Path]:
     while True:
         yield path.with_name(f"{path.stem}.{n}{path.suffix}")
         n += 1
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_new(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = False) -> Path:
@@ -81,7 +74,7 @@ def write_new(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = Fa
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, default_file_mode())
         for candidate in candidate_names(path):
             try:
                 os.link(tmp, candidate)
@@ -102,8 +95,7 @@ def write_new(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = Fa
 def write_new_json(path: str | os.PathLike[str], payload: Any, *, overwrite: bool = False) -> Path:
     """:func:`write_new` of ``payload`` as indented, key-sorted UTF-8 JSON (paths that are not
     UTF-8 written by :func:`ifn.io.path_text`)."""
-    text = json.dumps(writable(payload), indent=2, sort_keys=True) + "\n"
-    return write_new(path, text.encode("utf-8"), overwrite=overwrite)
+    return write_new(path, json_text(payload).encode("utf-8"), overwrite=overwrite)
 
 
 def fresh_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:

@@ -12,8 +12,6 @@ writes every run into ``default_root_dir``), the next free name is used
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import lightning as L
 import torch
 
 from ifn.callbacks.outputs import write_new, write_new_json
-from ifn.io import path_text, writable
+from ifn.io import csv_text, path_text
 
 __all__ = ["PER_IMAGE_COLUMNS", "TestMetricsWriter"]
 
@@ -74,18 +72,8 @@ class TestMetricsWriter(L.Callback):
         if rows:
             unique = {(r["path"], r["face_index"]): r for r in rows}
             ordered = [{**unique[k], "path": path_text(unique[k]["path"])} for k in sorted(unique)]
-            self.per_image_path = write_new(
-                log_dir / self.per_image_filename, _csv_bytes(ordered, PER_IMAGE_COLUMNS), overwrite=self.overwrite
-            )
-
-
-def _csv_bytes(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
-    """UTF-8 CSV with a header line (strings that are not UTF-8 by :func:`ifn.io.path_text`)."""
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(writable(row) for row in rows)
-    return buffer.getvalue().encode("utf-8")
+            data = csv_text(ordered, PER_IMAGE_COLUMNS).encode("utf-8")
+            self.per_image_path = write_new(log_dir / self.per_image_filename, data, overwrite=self.overwrite)
 
 
 def _gathered_rows(trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict[str, Any]]:

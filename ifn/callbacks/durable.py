@@ -53,7 +53,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from ifn.io import atomic_write
+from ifn.io import atomic_write, csv_text
 
 __all__ = [
     "LOCK_NAME",
@@ -319,7 +319,5 @@ class _ContinuedWriter(ExperimentWriter):
             keys = list(reader.fieldnames or [])
             rows = [row for row in reader if row.get("step", "") != "" and int(float(row["step"])) < self._resume_step]
         with atomic_write(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
+            handle.write(csv_text(rows, keys))
         self.metrics_keys = sorted(keys)  # so that new rows are written under the same header

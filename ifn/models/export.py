@@ -493,8 +493,8 @@ def _load_trained(path: Path, face_model: str | None) -> tuple[InverseFaceNet, d
     recorded_hash = record.get("weights_sha256") or weights_sha256(checkpoint["state_dict"])
     info = {"file": path.name, "weights_sha256": recorded_hash}
     try:
-        # from_checkpoint never downloads: the starting weights are not rebuilt.
-        return InverseFaceNet.from_checkpoint(path, face_model=face_model, backend="torch"), info
+        # Never downloads: the starting weights are not rebuilt.
+        return InverseFaceNet.from_checkpoint_data(checkpoint, str(path), face_model, backend="torch"), info
     except UsageError:
         raise
     except (OSError, ValueError) as err:  # the face model file is gone or damaged

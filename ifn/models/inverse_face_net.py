@@ -162,18 +162,31 @@ class InverseFaceNet(L.LightningModule):
             UsageError: if the checkpoint records no render settings (written before they
                 were recorded: build the renderer yourself and use ``load_from_checkpoint``).
         """
+        return cls.from_checkpoint_data(read_checkpoint(path, map_location), str(path), face_model, **overrides)
+
+    @classmethod
+    def from_checkpoint_data(
+        cls, checkpoint: dict[str, Any], source: str, face_model: str | None = None, **overrides: Any
+    ) -> InverseFaceNet:
+        """:meth:`from_checkpoint` for a checkpoint already read (:func:`~ifn.models.checkpoint.read_checkpoint`),
+        so that a caller that also needs its other entries reads the file once.
+
+        Args:
+            checkpoint: the checkpoint's contents.
+            source: where it came from, for error messages.
+            face_model, **overrides: as :meth:`from_checkpoint`.
+        """
         from ifn.errors import UsageError
 
-        checkpoint = read_checkpoint(path, map_location)
         settings = recorded_settings(checkpoint)
         if settings is None:
             raise UsageError(
-                f"{path} records no render settings; use InverseFaceNet.load_from_checkpoint(path, renderer=...)"
+                f"{source} records no render settings; use InverseFaceNet.load_from_checkpoint(path, renderer=...)"
             )
         if face_model is not None:
             overrides["face_model"] = face_model
         renderer = settings.replace(**overrides).build_renderer()
-        check_face_model(checkpoint, renderer, str(path))
+        check_face_model(checkpoint, renderer, source)
         # Only this class's own arguments: LightningCLI also records its bookkeeping
         # (``_instantiator``, ``_class_path``) among the hyper-parameters. The starting
         # weights (``pretrained``, ``backbone_checkpoint``) are replaced by the checkpoint's:
